@@ -1,0 +1,62 @@
+"""The `mlops` command line: one entry point for ML engineers, release managers and ops teams."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from mlops.cli import data, run, validate
+from mlops.cli.common import err_console
+from mlops.errors import MlopsError
+
+app = typer.Typer(
+    name="mlops",
+    help="The MLOps lifecycle: ingest, validate, train, evaluate, compress, serve, monitor.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    workspace: Path = typer.Option(
+        None, "-w", "--workspace", help="Workspace folder (default: the current directory)."
+    ),
+) -> None:
+    ctx.obj = {"workspace": workspace}
+
+
+app.command()(data.init)
+app.command()(data.ingest)
+app.add_typer(data.data_app, name="data")
+app.add_typer(data.db_app, name="db")
+app.command()(validate.validate)
+app.command()(run.run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors become one line on stderr and a non-zero exit code."""
+    import click
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except MlopsError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.Abort:
+        err_console.print("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Shared CLI plumbing: the workspace from the global option, the store, tables and JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlops.settings import Workspace
+from mlops.store import Store
+
+console = Console()
+err_console = Console(stderr=True)
+
+JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
+
+
+def workspace(ctx: typer.Context) -> Workspace:
+    """The initialised workspace named by the global -w/--workspace option."""
+    from mlops.workspace import open_workspace
+
+    root = (ctx.find_root().obj or {}).get("workspace")
+    return open_workspace(root)
+
+
+@contextmanager
+def open_store(ws: Workspace) -> Iterator[Store]:
+    store = Store.open(ws.database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def print_json(obj: Any) -> None:
+    # Plain print, not rich: scripts parse this and must not get markup or wrapping.
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    table = Table(title=title, show_lines=False)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+def short_time(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if hasattr(value, "strftime") else str(value)

@@ -1,0 +1,152 @@
+"""Typed parameters: `params.yaml` has one section per stage; this module validates them.
+
+Load once at an entry point (`load_params`) and pass the section objects down; library code
+never opens `params.yaml` itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mlops.errors import MlopsError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestParams(_Section):
+    source: str = "ai4i"
+    rows: int = Field(10_000, gt=0)
+    seed: int = 1
+    drift: str = ""
+
+
+class ValidateParams(_Section):
+    policy: Literal["block", "quarantine", "warn"] = "block"
+    min_rows: int = Field(100, ge=1)
+    max_rows: int = Field(10_000_000, ge=1)
+
+
+class PrepareParams(_Section):
+    dataset: str = "ai4i"
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    seed: int = 42
+
+
+class TrainParams(_Section):
+    hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(0.003, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(256, gt=0)
+    epochs: int = Field(40, gt=0)
+    patience: int = Field(6, gt=0)
+    warmup_epochs: int = Field(1, ge=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    class_weighting: bool = True
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    # CPU threads for training; 0 keeps torch's default. A small MLP's steps are too short to
+    # split: more threads mostly wait on each other, and a fixed count keeps results repeatable.
+    cpu_threads: int = Field(1, ge=0)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if not v or any(w <= 0 for w in v):
+            raise ValueError("hidden must list at least one positive layer width")
+        return v
+
+
+class EvaluateParams(_Section):
+    primary_metric_classification: Literal["pr_auc", "roc_auc", "f1"] = "pr_auc"
+    primary_metric_regression: Literal["rmse", "mae", "r2"] = "rmse"
+    # A challenger must beat production (or, with none, the baseline) by at least this much.
+    margin: float = Field(0.0, ge=0)
+
+
+class CompressParams(_Section):
+    # Largest allowed drop of the primary metric, in points (0.5 points = 0.005).
+    max_quality_drop: float = Field(0.005, ge=0)
+    prune_amount: float = Field(0.5, gt=0, lt=1)
+    finetune_epochs: int = Field(3, ge=0)
+    student_hidden: list[int] = Field(default_factory=lambda: [16])
+    distill_temperature: float = Field(2.0, gt=0)
+    distill_alpha: float = Field(0.5, ge=0, le=1)
+    distill_epochs: int = Field(30, gt=0)
+    latency_repeats: int = Field(200, gt=0)
+    # Structured pruning ranks hidden units by this norm of their weights in and out.
+    prune_norm: Literal["l1", "l2"] = "l2"
+    distill_lr: float = Field(0.003, gt=0, le=1)
+    finetune_lr: float = Field(0.001, gt=0, le=1)
+    batch_size: int = Field(256, gt=0)
+    seed: int = 0
+    # Weight the label term by inverse class frequency, as training does with class_weighting.
+    class_weighting: bool = True
+    # Classification: the chosen variant must predict the parent's class on this share of rows.
+    min_agreement: float = Field(0.99, ge=0, le=1)
+    # Regression: a prediction "agrees" within this many target standard deviations.
+    regression_agreement: float = Field(0.05, gt=0)
+
+
+class Params(_Section):
+    ingest: IngestParams = IngestParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    prepare: PrepareParams = PrepareParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    compress: CompressParams = CompressParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["train.lr=0.01", "train.hidden=[32,32]"]` -> nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise MlopsError(f"--set {item!r}: expected section.key=value (e.g. train.lr=0.01)")
+        out.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(value)
+    return out
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in overrides.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def validate_params(raw: dict[str, Any], where: str) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise MlopsError(f"{where}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise MlopsError(f"no params file at {path}") from None
+    except yaml.YAMLError as exc:
+        raise MlopsError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise MlopsError(f"{path} must be a mapping of sections")
+    return raw
+
+
+def load_params(path: Path, overrides: list[str] | None = None) -> Params:
+    """Read, override and validate `params.yaml` into typed sections."""
+    raw = merge(read_params_file(path), parse_overrides(overrides or []))
+    return validate_params(raw, str(path.name))

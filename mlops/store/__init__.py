@@ -1,0 +1,23 @@
+"""The metadata store: one home for every record, and the only code that speaks SQL."""
+
+from mlops.store.api import Store
+from mlops.store.records import (
+    BatchRecord,
+    DeploymentRecord,
+    DriftRecord,
+    ModelRecord,
+    RunRecord,
+    StageEventRecord,
+    ValidationRecord,
+)
+
+__all__ = [
+    "BatchRecord",
+    "DeploymentRecord",
+    "DriftRecord",
+    "ModelRecord",
+    "RunRecord",
+    "StageEventRecord",
+    "Store",
+    "ValidationRecord",
+]

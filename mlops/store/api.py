@@ -1,0 +1,525 @@
+"""The store's API: the only code in the project that speaks SQL.
+
+Every method runs in its own transaction and returns plain records, detached from the session,
+so callers never hold a database connection while they do slow work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mlops.errors import MlopsError, NotFoundError
+from mlops.store import db
+from mlops.store.models import (
+    Batch,
+    Dataset,
+    Deployment,
+    DriftReport,
+    ModelVersion,
+    ModelVersionBatch,
+    StageEvent,
+    TrainingRun,
+    Validation,
+)
+from mlops.store.records import (
+    BatchRecord,
+    DeploymentRecord,
+    DriftRecord,
+    ModelRecord,
+    RunRecord,
+    StageEventRecord,
+    ValidationRecord,
+    _to,
+)
+
+TRAINABLE_OUTCOMES = ("passed", "warned")
+_RETRIES = 5
+STAGES = ("candidate", "staging", "production", "archived", "rejected")
+
+
+def _batch(b: Batch) -> BatchRecord:
+    return _to(BatchRecord, b)
+
+
+def _validation(v: Validation) -> ValidationRecord:
+    return _to(ValidationRecord, v)
+
+
+def _run(r: TrainingRun) -> RunRecord:
+    return _to(RunRecord, r)
+
+
+def _model(m: ModelVersion) -> ModelRecord:
+    return _to(ModelRecord, m, batch_ids=sorted(b.id for b in m.batches))
+
+
+class Store:
+    """The metadata store. Open it with `Store.open(url)`; the schema is migrated on first use."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        engine = db.make_engine(url)
+        if migrate and db.current_revision(engine) != db.head_revision():
+            db.upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def revision(self) -> str | None:
+        return db.current_revision(self.engine)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    def upsert_dataset(self, name: str, task: str, spec: dict[str, Any]) -> None:
+        for attempt in range(_RETRIES):
+            try:
+                with self._tx() as s:
+                    row = s.get(Dataset, name)
+                    if row is None:
+                        s.add(Dataset(name=name, task=task, spec=spec))
+                    else:
+                        row.task, row.spec = task, spec
+                return
+            except IntegrityError:
+                # Another process inserted the same name first; the retry updates its row.
+                if attempt == _RETRIES - 1:
+                    raise
+
+    def get_dataset_spec(self, name: str) -> dict[str, Any]:
+        with self._tx() as s:
+            row = s.get(Dataset, name)
+            if row is None:
+                raise NotFoundError(f"no data set named {name!r} in the store")
+            return dict(row.spec)
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def add_batch(
+        self,
+        *,
+        batch_id: str,
+        dataset: str,
+        source: str,
+        path: str,
+        dvc_md5: str,
+        rows: int,
+        schema_hash: str,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[BatchRecord, bool]:
+        """Record a batch. Returns (record, created); the same id twice is one batch."""
+        try:
+            with self._tx() as s:
+                existing = s.get(Batch, batch_id)
+                if existing is not None:
+                    return _batch(existing), False
+                row = Batch(
+                    id=batch_id,
+                    dataset=dataset,
+                    source=source,
+                    path=path,
+                    dvc_md5=dvc_md5,
+                    rows=rows,
+                    schema_hash=schema_hash,
+                    meta=meta or {},
+                    status="ingested",
+                )
+                s.add(row)
+                s.flush()
+                return _batch(row), True
+        except IntegrityError:
+            # Another process recorded the same bytes between our read and our insert.
+            return self.get_batch(batch_id), False
+
+    def get_batch(self, batch_id: str) -> BatchRecord:
+        with self._tx() as s:
+            row = s.get(Batch, batch_id)
+            if row is None:
+                row = s.scalars(select(Batch).where(Batch.id.startswith(batch_id))).first()
+            if row is None:
+                raise NotFoundError(f"no batch {batch_id!r} in the store (see `mlops data list`)")
+            return _batch(row)
+
+    def list_batches(
+        self, dataset: str | None = None, status: Sequence[str] | None = None
+    ) -> list[BatchRecord]:
+        q = select(Batch).order_by(Batch.created_at, Batch.id)
+        if dataset:
+            q = q.where(Batch.dataset == dataset)
+        if status:
+            q = q.where(Batch.status.in_(list(status)))
+        with self._tx() as s:
+            return [_batch(b) for b in s.scalars(q)]
+
+    def move_batch(self, batch_id: str, path: str) -> BatchRecord:
+        with self._tx() as s:
+            row = s.get(Batch, batch_id)
+            if row is None:
+                raise NotFoundError(f"no batch {batch_id!r} in the store")
+            row.path = path
+            s.flush()
+            return _batch(row)
+
+    # -- validations ------------------------------------------------------------------------
+
+    def add_validation(
+        self,
+        *,
+        batch_id: str,
+        suite: str,
+        success: bool,
+        policy: str,
+        outcome: str,
+        evaluated: int,
+        failures: list[dict[str, Any]],
+        docs_path: str | None,
+        batch_path: str | None = None,
+    ) -> ValidationRecord:
+        """Record a validation and set the batch's status to its outcome, in one transaction."""
+        if outcome not in ("passed", "warned", "failed", "quarantined"):
+            raise MlopsError(f"unknown validation outcome {outcome!r}")
+        with self._tx() as s:
+            batch = s.get(Batch, batch_id)
+            if batch is None:
+                raise NotFoundError(f"no batch {batch_id!r} in the store")
+            row = Validation(
+                batch_id=batch_id,
+                suite=suite,
+                success=success,
+                policy=policy,
+                outcome=outcome,
+                evaluated=evaluated,
+                failures=failures,
+                docs_path=docs_path,
+            )
+            s.add(row)
+            batch.status = outcome
+            if batch_path is not None:
+                batch.path = batch_path
+            s.flush()
+            return _validation(row)
+
+    def latest_validation(self, batch_id: str) -> ValidationRecord | None:
+        q = (
+            select(Validation)
+            .where(Validation.batch_id == batch_id)
+            .order_by(Validation.id.desc())
+            .limit(1)
+        )
+        with self._tx() as s:
+            row = s.scalars(q).first()
+            return _validation(row) if row else None
+
+    def list_validations(self, batch_id: str | None = None) -> list[ValidationRecord]:
+        q = select(Validation).order_by(Validation.id)
+        if batch_id:
+            q = q.where(Validation.batch_id == batch_id)
+        with self._tx() as s:
+            return [_validation(v) for v in s.scalars(q)]
+
+    def trainable_batches(self, dataset: str) -> list[BatchRecord]:
+        """Batches whose latest validation passed or warned: the only ones training may take."""
+        return self.list_batches(dataset=dataset, status=TRAINABLE_OUTCOMES)
+
+    # -- training runs ----------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        dataset: str,
+        params: dict[str, Any],
+        batch_ids: list[str],
+        git_commit: str | None = None,
+    ) -> RunRecord:
+        with self._tx() as s:
+            row = TrainingRun(
+                dataset=dataset, params=params, batch_ids=batch_ids, git_commit=git_commit
+            )
+            s.add(row)
+            s.flush()
+            return _run(row)
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        metrics: dict[str, Any] | None = None,
+        device: str | None = None,
+        duration_s: float | None = None,
+        dvc_lock_hash: str | None = None,
+        error: str | None = None,
+    ) -> RunRecord:
+        with self._tx() as s:
+            row = s.get(TrainingRun, run_id)
+            if row is None:
+                raise NotFoundError(f"no training run {run_id}")
+            row.status, row.metrics, row.device = status, metrics or {}, device
+            row.duration_s, row.dvc_lock_hash, row.error = duration_s, dvc_lock_hash, error
+            row.finished_at = func.now()
+            s.flush()
+            s.refresh(row)
+            return _run(row)
+
+    def get_run(self, run_id: int) -> RunRecord:
+        with self._tx() as s:
+            row = s.get(TrainingRun, run_id)
+            if row is None:
+                raise NotFoundError(f"no training run {run_id}")
+            return _run(row)
+
+    # -- model versions ---------------------------------------------------------------------
+
+    def register_model(
+        self,
+        *,
+        name: str,
+        dataset: str,
+        path: str,
+        runtime: str = "torch",
+        metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+        batch_ids: Sequence[str] = (),
+        run_id: int | None = None,
+        parent_id: int | None = None,
+        method: dict[str, Any] | None = None,
+        stage: str = "candidate",
+        decision: dict[str, Any] | None = None,
+    ) -> ModelRecord:
+        """Register a new version of model `name` (versions count up from 1 per name)."""
+        if stage not in STAGES:
+            raise MlopsError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+        for attempt in range(_RETRIES):
+            try:
+                return self._insert_model_version(
+                    name=name,
+                    dataset=dataset,
+                    path=path,
+                    runtime=runtime,
+                    metrics=metrics,
+                    lineage=lineage,
+                    batch_ids=batch_ids,
+                    run_id=run_id,
+                    parent_id=parent_id,
+                    method=method,
+                    stage=stage,
+                    decision=decision,
+                )
+            except IntegrityError:
+                # Two registrations of one name took the same next version number; the
+                # unique (name, version) constraint refused the later one: number it again.
+                if attempt == _RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _insert_model_version(
+        self, *, batch_ids: Sequence[str], stage: str, name: str, **values: Any
+    ) -> ModelRecord:
+        with self._tx() as s:
+            last = s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
+            for key in ("metrics", "lineage", "method", "decision"):
+                values[key] = values[key] or {}
+            row = ModelVersion(name=name, version=(last or 0) + 1, stage=stage, **values)
+            s.add(row)
+            s.flush()
+            for bid in sorted(set(batch_ids)):
+                s.add(ModelVersionBatch(model_version_id=row.id, batch_id=bid))
+            s.add(
+                StageEvent(
+                    model_version_id=row.id, from_stage=None, to_stage=stage, reason="registered"
+                )
+            )
+            s.flush()
+            s.refresh(row)
+            return _model(row)
+
+    def _resolve(self, s: Session, ref: str | int) -> ModelVersion:
+        """`ref` is an id, `name:version`, `name@stage` or, for a single model name, `version`."""
+        row: ModelVersion | None = None
+        text = str(ref).strip()
+        if isinstance(ref, int):
+            row = s.get(ModelVersion, ref)
+        elif "@" in text:
+            name, stage = text.split("@", 1)
+            row = s.scalars(
+                select(ModelVersion)
+                .where(ModelVersion.name == name, ModelVersion.stage == stage)
+                .order_by(ModelVersion.version.desc())
+            ).first()
+        elif ":" in text:
+            name, _, ver = text.partition(":")
+            if ver.isdigit():
+                row = s.scalars(
+                    select(ModelVersion).where(
+                        ModelVersion.name == name, ModelVersion.version == int(ver)
+                    )
+                ).first()
+        elif text.isdigit():
+            names = s.scalars(select(ModelVersion.name).distinct()).all()
+            if len(names) == 1:
+                row = s.scalars(
+                    select(ModelVersion).where(
+                        ModelVersion.name == names[0], ModelVersion.version == int(text)
+                    )
+                ).first()
+            elif len(names) > 1:
+                raise MlopsError(
+                    f"model version {text!r} is ambiguous: say NAME:{text} "
+                    f"(names: {', '.join(sorted(names))})"
+                )
+        if row is None:
+            raise NotFoundError(f"no model version {text!r} (see `mlops models list`)")
+        return row
+
+    def get_model(self, ref: str | int) -> ModelRecord:
+        with self._tx() as s:
+            return _model(self._resolve(s, ref))
+
+    def list_models(self, name: str | None = None, stage: str | None = None) -> list[ModelRecord]:
+        q = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version)
+        if name:
+            q = q.where(ModelVersion.name == name)
+        if stage:
+            q = q.where(ModelVersion.stage == stage)
+        with self._tx() as s:
+            return [_model(m) for m in s.scalars(q)]
+
+    def production_model(self, name: str) -> ModelRecord | None:
+        models = self.list_models(name=name, stage="production")
+        return models[-1] if models else None
+
+    def set_stage(
+        self,
+        ref: str | int,
+        stage: str,
+        *,
+        reason: str = "",
+        actor: str = "",
+        decision: dict[str, Any] | None = None,
+    ) -> ModelRecord:
+        """Move a model version to `stage`; promoting to production archives the previous one."""
+        if stage not in STAGES:
+            raise MlopsError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+        with self._tx() as s:
+            row = self._resolve(s, ref)
+            if stage == "production":
+                current = s.scalars(
+                    select(ModelVersion).where(
+                        ModelVersion.name == row.name,
+                        ModelVersion.stage == "production",
+                        ModelVersion.id != row.id,
+                    )
+                ).all()
+                for old in current:
+                    s.add(
+                        StageEvent(
+                            model_version_id=old.id,
+                            from_stage=old.stage,
+                            to_stage="archived",
+                            reason=f"replaced by {row.name}:{row.version}",
+                            actor=actor,
+                        )
+                    )
+                    old.stage = "archived"
+            s.add(
+                StageEvent(
+                    model_version_id=row.id,
+                    from_stage=row.stage,
+                    to_stage=stage,
+                    reason=reason,
+                    actor=actor,
+                )
+            )
+            row.stage = stage
+            if decision is not None:
+                row.decision = decision
+            s.flush()
+            s.refresh(row)
+            return _model(row)
+
+    def stage_history(self, ref: str | int) -> list[StageEventRecord]:
+        with self._tx() as s:
+            row = self._resolve(s, ref)
+            q = select(StageEvent).where(StageEvent.model_version_id == row.id)
+            return [_to(StageEventRecord, e) for e in s.scalars(q.order_by(StageEvent.id))]
+
+    # -- deployments and drift --------------------------------------------------------------
+
+    def add_deployment(
+        self,
+        ref: str | int,
+        *,
+        action: str,
+        traffic: float = 1.0,
+        environment: str = "default",
+        actor: str = "",
+        note: str = "",
+    ) -> DeploymentRecord:
+        if not 0.0 <= traffic <= 1.0:
+            raise MlopsError(f"traffic share must be within 0..1, got {traffic}")
+        with self._tx() as s:
+            mv = self._resolve(s, ref)
+            row = Deployment(
+                model_version_id=mv.id,
+                environment=environment,
+                action=action,
+                traffic=traffic,
+                actor=actor,
+                note=note,
+            )
+            s.add(row)
+            s.flush()
+            return _to(DeploymentRecord, row)
+
+    def list_deployments(self, environment: str | None = None) -> list[DeploymentRecord]:
+        q = select(Deployment).order_by(Deployment.id)
+        if environment:
+            q = q.where(Deployment.environment == environment)
+        with self._tx() as s:
+            return [_to(DeploymentRecord, d) for d in s.scalars(q)]
+
+    def add_drift_report(
+        self,
+        *,
+        model_version_id: int | None,
+        reference: str,
+        rows: int,
+        drift_share: float,
+        drifted: bool,
+        details: dict[str, Any],
+        path: str | None,
+    ) -> DriftRecord:
+        with self._tx() as s:
+            row = DriftReport(
+                model_version_id=model_version_id,
+                reference=reference,
+                rows=rows,
+                drift_share=drift_share,
+                drifted=drifted,
+                details=details,
+                path=path,
+            )
+            s.add(row)
+            s.flush()
+            return _to(DriftRecord, row)
+
+    def list_drift_reports(self) -> list[DriftRecord]:
+        with self._tx() as s:
+            return [
+                _to(DriftRecord, r) for r in s.scalars(select(DriftReport).order_by(DriftReport.id))
+            ]

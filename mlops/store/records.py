@@ -1,0 +1,126 @@
+"""Plain, detached records the store returns: safe to keep after the session is gone."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from typing import Any, TypeVar
+
+
+class _Record:
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)  # type: ignore[call-overload]
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class BatchRecord(_Record):
+    id: str
+    dataset: str
+    source: str
+    path: str
+    dvc_md5: str
+    rows: int
+    schema_hash: str
+    status: str
+    meta: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ValidationRecord(_Record):
+    id: int
+    batch_id: str
+    suite: str
+    success: bool
+    policy: str
+    outcome: str
+    evaluated: int
+    failures: list[Any]
+    docs_path: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RunRecord(_Record):
+    id: int
+    dataset: str
+    status: str
+    params: dict[str, Any]
+    batch_ids: list[Any]
+    device: str | None
+    git_commit: str | None
+    dvc_lock_hash: str | None
+    metrics: dict[str, Any]
+    duration_s: float | None
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ModelRecord(_Record):
+    id: int
+    name: str
+    version: int
+    dataset: str
+    run_id: int | None
+    parent_id: int | None
+    stage: str
+    runtime: str
+    method: dict[str, Any]
+    path: str
+    metrics: dict[str, Any]
+    decision: dict[str, Any]
+    lineage: dict[str, Any]
+    batch_ids: list[str]
+    created_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class StageEventRecord(_Record):
+    id: int
+    model_version_id: int
+    from_stage: str | None
+    to_stage: str
+    reason: str
+    actor: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DeploymentRecord(_Record):
+    id: int
+    model_version_id: int
+    environment: str
+    action: str
+    traffic: float
+    actor: str
+    note: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DriftRecord(_Record):
+    id: int
+    model_version_id: int | None
+    reference: str
+    rows: int
+    drift_share: float
+    drifted: bool
+    details: dict[str, Any]
+    path: str | None
+    created_at: datetime
+
+
+R = TypeVar("R", bound=_Record)
+
+
+def _to(cls: type[R], row: object, **extra: Any) -> R:
+    """Copy an ORM row into a detached record, field by field."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    return cls(**{n: extra[n] if n in extra else getattr(row, n) for n in names})

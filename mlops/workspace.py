@@ -1,0 +1,77 @@
+"""Create and open workspaces."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from mlops.errors import MlopsError
+from mlops.io import atomic_write_text
+from mlops.settings import Workspace, configure_environment, get_workspace
+from mlops.store import Store
+
+GITIGNORE_LINES = (".mlops/", "artifacts/checkpoints/", "__pycache__/")
+
+
+def template_text(name: str) -> str:
+    return resources.files("mlops.templates").joinpath(name).read_text()
+
+
+def init_workspace(root: str | Path) -> Workspace:
+    """Create (or complete) a workspace: git, DVC with a local remote, params, folders, store."""
+    path = Path(root).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise MlopsError(f"cannot create a workspace at {path}: it is a file")
+    path.mkdir(parents=True, exist_ok=True)
+    ws = get_workspace(path)
+    configure_environment(ws)
+
+    from pipelines.versioning import init_repo
+
+    init_repo(ws)
+    if not ws.params_path.exists():
+        atomic_write_text(ws.params_path, template_text("params.yaml"))
+    for folder in (ws.raw_dir, ws.quarantine_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".gitkeep").touch()
+    _ensure_gitignore(ws.root / ".gitignore", _home_ignore(ws))
+    ws.home.mkdir(parents=True, exist_ok=True)
+    Store.open(ws.database_url).close()
+    from pipelines.validate import init_gx  # GX is slow to import: only `init` pays for it
+
+    init_gx(ws)
+    return ws
+
+
+def _home_ignore(ws: Workspace) -> tuple[str, ...]:
+    if ws.home.is_relative_to(ws.root) and ws.home != ws.root / ".mlops":
+        return (*GITIGNORE_LINES, ws.relative(ws.home) + "/")
+    return GITIGNORE_LINES
+
+
+def _ensure_gitignore(path: Path, lines: tuple[str, ...]) -> None:
+    existing = path.read_text().splitlines() if path.exists() else []
+    missing = [line for line in lines if line not in existing]
+    if missing:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join([*existing, *missing]) + "\n")
+        tmp.replace(path)
+
+
+def open_workspace(root: str | Path | None = None) -> Workspace:
+    """An initialised workspace with its environment configured."""
+    ws = get_workspace(root).require_initialised()
+    configure_environment(ws)
+    return ws
+
+
+def ensure_pipeline(ws: Workspace) -> Path:
+    """Write the DVC pipeline (prepare -> train -> evaluate) when the workspace has none.
+
+    Not written by `init`: stages that never ran would make `dvc status` report them as changed
+    before there is anything to train.
+    """
+    path = ws.root / "dvc.yaml"
+    if not path.exists():
+        atomic_write_text(path, template_text("dvc.yaml"))
+    return path

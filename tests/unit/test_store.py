@@ -1,0 +1,220 @@
+"""The metadata store, on SQLite and PostgreSQL: migrations, records, stages, transactions."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from mlops.errors import MlopsError, NotFoundError
+from mlops.store import Store, db
+
+EXPECTED_TABLES = {
+    "datasets",
+    "batches",
+    "validations",
+    "training_runs",
+    "model_versions",
+    "model_version_batches",
+    "stage_events",
+    "deployments",
+    "drift_reports",
+    "alembic_version",
+}
+
+
+def _batch(store: Store, batch_id: str = "ai4i-abc", **kw: object) -> None:
+    store.upsert_dataset("ai4i", "classification", {"name": "ai4i", "target": "y"})
+    args = dict(
+        batch_id=batch_id,
+        dataset="ai4i",
+        source="ai4i:rows=10",
+        path=f"data/raw/{batch_id}.parquet",
+        dvc_md5="0" * 32,
+        rows=10,
+        schema_hash="s",
+    )
+    args.update(kw)
+    store.add_batch(**args)  # type: ignore[arg-type]
+
+
+def test_migrations_upgrade_an_empty_database(db_url: str) -> None:
+    engine = db.make_engine(db_url)
+    assert db.current_revision(engine) is None
+    assert db.upgrade(engine) == db.head_revision()
+    assert set(inspect(engine).get_table_names()) >= EXPECTED_TABLES
+    # Upgrading again is a no-op, not an error.
+    assert db.upgrade(engine) == db.head_revision()
+    engine.dispose()
+
+
+def test_open_migrates_on_first_use(db_url: str) -> None:
+    store = Store.open(db_url)
+    assert store.revision() == db.head_revision()
+    store.close()
+
+
+def test_same_batch_twice_is_one_batch(db_url: str) -> None:
+    store = Store.open(db_url)
+    _batch(store)
+    _batch(store)
+    assert [b.id for b in store.list_batches()] == ["ai4i-abc"]
+    assert store.get_batch("ai4i-a").id == "ai4i-abc"  # a unique prefix finds it
+    with pytest.raises(NotFoundError, match="no batch 'nope'"):
+        store.get_batch("nope")
+    store.close()
+
+
+def test_validation_sets_batch_status_and_trainability(db_url: str) -> None:
+    store = Store.open(db_url)
+    _batch(store, "ai4i-good")
+    _batch(store, "ai4i-bad")
+    store.add_validation(
+        batch_id="ai4i-good",
+        suite="ai4i",
+        success=True,
+        policy="block",
+        outcome="passed",
+        evaluated=5,
+        failures=[],
+        docs_path=None,
+    )
+    store.add_validation(
+        batch_id="ai4i-bad",
+        suite="ai4i",
+        success=False,
+        policy="quarantine",
+        outcome="quarantined",
+        evaluated=5,
+        failures=[{"column": "x", "rule": "not_null"}],
+        docs_path="docs.html",
+        batch_path="data/quarantine/ai4i-bad.parquet",
+    )
+    assert [b.id for b in store.trainable_batches("ai4i")] == ["ai4i-good"]
+    bad = store.get_batch("ai4i-bad")
+    assert (bad.status, bad.path) == ("quarantined", "data/quarantine/ai4i-bad.parquet")
+    latest = store.latest_validation("ai4i-bad")
+    assert latest is not None and latest.failures == [{"column": "x", "rule": "not_null"}]
+    store.close()
+
+
+def test_failed_transaction_leaves_nothing(db_url: str) -> None:
+    store = Store.open(db_url)
+    _batch(store, "ai4i-one")
+    with pytest.raises(MlopsError, match="unknown validation outcome"):
+        store.add_validation(
+            batch_id="ai4i-one",
+            suite="s",
+            success=True,
+            policy="block",
+            outcome="bogus",
+            evaluated=0,
+            failures=[],
+            docs_path=None,
+        )
+    assert store.list_validations() == []
+    assert store.get_batch("ai4i-one").status == "ingested"
+    store.close()
+
+
+def test_model_versions_stages_and_lineage(db_url: str) -> None:
+    store = Store.open(db_url)
+    _batch(store, "ai4i-b1")
+    run = store.start_run(dataset="ai4i", params={"lr": 0.1}, batch_ids=["ai4i-b1"])
+    store.finish_run(
+        run.id, status="succeeded", metrics={"pr_auc": 0.8}, device="cpu", duration_s=1.5
+    )
+    v1 = store.register_model(
+        name="ai4i",
+        dataset="ai4i",
+        path="m1",
+        batch_ids=["ai4i-b1"],
+        run_id=run.id,
+        lineage={"git": None},
+    )
+    v2 = store.register_model(name="ai4i", dataset="ai4i", path="m2", batch_ids=["ai4i-b1"])
+    assert (v1.version, v2.version, v1.ref) == (1, 2, "ai4i:1")
+    assert v1.batch_ids == ["ai4i-b1"] and store.get_run(run.id).status == "succeeded"
+
+    store.set_stage("ai4i:1", "production", reason="first")
+    store.set_stage("2", "production", reason="better", actor="release-manager")
+    # Exactly one production version per model name; the old one is archived, with an audit trail.
+    assert [m.version for m in store.list_models(stage="production")] == [2]
+    assert store.get_model("ai4i@production").version == 2
+    assert store.get_model(v1.id).stage == "archived"
+    history = [(e.from_stage, e.to_stage) for e in store.stage_history("ai4i:1")]
+    assert history == [(None, "candidate"), ("candidate", "production"), ("production", "archived")]
+    with pytest.raises(NotFoundError):
+        store.get_model("ai4i:9")
+    with pytest.raises(MlopsError, match="unknown stage"):
+        store.set_stage("ai4i:1", "prod")
+    store.close()
+
+
+def test_deployments_and_drift_reports_append(db_url: str) -> None:
+    store = Store.open(db_url)
+    store.upsert_dataset("ai4i", "classification", {})
+    mv = store.register_model(name="ai4i", dataset="ai4i", path="m")
+    store.add_deployment(mv.ref, action="rollout", traffic=1.0, actor="rm")
+    store.add_deployment(mv.ref, action="rollback", traffic=0.0, actor="rm")
+    assert [d.action for d in store.list_deployments()] == ["rollout", "rollback"]
+    with pytest.raises(MlopsError, match="traffic share"):
+        store.add_deployment(mv.ref, action="canary", traffic=1.5)
+    r = store.add_drift_report(
+        model_version_id=mv.id,
+        reference="b1",
+        rows=100,
+        drift_share=0.4,
+        drifted=True,
+        details={"cols": ["x"]},
+        path=None,
+    )
+    assert store.list_drift_reports()[0].id == r.id
+    store.close()
+
+
+def _ingest_many(url: str, prefix: str, n: int) -> None:
+    store = Store.open(url)
+    store.upsert_dataset("ai4i", "classification", {})
+    for i in range(n):
+        store.add_batch(
+            batch_id=f"{prefix}-{i}",
+            dataset="ai4i",
+            source="s",
+            path="p",
+            dvc_md5="m",
+            rows=1,
+            schema_hash="h",
+        )
+        store.register_model(name="ai4i", dataset="ai4i", path=f"{prefix}-{i}")
+    store.close()
+
+
+def test_two_processes_on_a_fresh_store(db_url: str) -> None:
+    """Both processes migrate the empty database and write at once; both succeed."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_ingest_many, args=(db_url, p, 20)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    store = Store.open(db_url)
+    assert len(store.list_batches()) == 40
+    # Registrations raced for version numbers; each still got its own.
+    assert sorted(m.version for m in store.list_models("ai4i")) == list(range(1, 41))
+    store.close()
+
+
+def test_bad_database_url_is_one_line() -> None:
+    with pytest.raises(MlopsError, match="not a database URL"):
+        Store.open("not a url")
+
+
+def test_sqlite_uses_wal(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 's.db'}")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.close()
