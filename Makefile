@@ -47,6 +47,7 @@ test: setup lint ## Lint, then every test (PostgreSQL at MLOPS_TEST_POSTGRES_URL
 
 bench: setup ## Benchmarks; results land in benchmarks/results/ and BENCHMARKS.md
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/collect.py
 
 clean: ## Remove the venv and this workspace's machine state (.mlops)
 	rm -rf $(VENV) .mlops

@@ -1,64 +1,141 @@
-"""The lifecycle flow: Prefect wiring only. Each task calls one plain function in `pipelines/`."""
+"""The lifecycle flow: Prefect wiring only. Each task calls one plain function in `pipelines/`.
+
+ingest -> validate -> train + evaluate (DVC stages, the promotion gate) -> compress
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from mlops.errors import ValidationFailed
 from mlops.params import Params, load_params
 from mlops.settings import Workspace
 from mlops.store import Store
 from mlops.workspace import open_workspace
+
+# Stages whose parameters `dvc repro` reads: overrides for them are written to params.yaml.
+PIPELINE_SECTIONS = ("prepare", "train", "evaluate")
 
 
 @dataclass(frozen=True)
 class LifecycleResult:
     batch_id: str
     dvc_md5: str
-    created: bool
-    steps: dict[str, Any]
+    steps: dict[str, Any] = field(default_factory=dict)
 
 
-@task(name="ingest", retries=0)
+@task(name="ingest")
 def ingest_task(ws: Workspace, params: Params) -> dict[str, Any]:
     from pipelines.ingest import ingest, load_source
 
     p = params.ingest
     loaded = load_source(ws, p.source, rows=p.rows, seed=p.seed, drift=p.drift)
-    store = Store.open(ws.database_url)
-    try:
+    with Store.open(ws.database_url) as store:
         result = ingest(ws, store, loaded)
-    finally:
-        store.close()
     b = result.batch
     get_run_logger().info("batch %s (%d rows), dvc md5 %s", b.id, b.rows, b.dvc_md5)
-    return {"batch_id": b.id, "dvc_md5": b.dvc_md5, "rows": b.rows, "created": result.created}
+    return {"batch_id": b.id, "dvc_md5": b.dvc_md5, "rows": b.rows, "new": result.created}
+
+
+@task(name="validate")
+def validate_task(ws: Workspace, params: Params, batch_id: str) -> dict[str, Any]:
+    from pipelines.validate import validate_batch
+
+    p = params.validate_
+    with Store.open(ws.database_url) as store:
+        report = validate_batch(
+            ws, store, batch_id, policy=p.policy, min_rows=p.min_rows, max_rows=p.max_rows
+        )
+    if report.blocked:
+        # Fails the task and so the flow run: the state message names the failures and the
+        # Data Docs page to open.
+        raise ValidationFailed(report.summary())
+    get_run_logger().info(report.summary())
+    return {
+        "outcome": report.outcome,
+        "failed": len(report.failures),
+        "docs": str(report.docs_path or ""),
+    }
+
+
+@task(name="train-evaluate-gate")
+def train_task(ws: Workspace, overrides: list[str]) -> dict[str, Any]:
+    from pipelines.registry import train_and_register
+
+    with Store.open(ws.database_url) as store:
+        record = train_and_register(ws, store, overrides)
+    decision = record.decision
+    get_run_logger().info("model %s -> %s: %s", record.ref, record.stage, decision.get("reason"))
+    return {
+        "model": record.ref,
+        "stage": record.stage,
+        "metrics": _primary(record.metrics),
+        "reason": decision.get("reason", ""),
+    }
+
+
+@task(name="compress")
+def compress_task(ws: Workspace, params: Params, ref: str) -> dict[str, Any]:
+    from pipelines.compress import compress_and_register
+
+    with Store.open(ws.database_url) as store:
+        report, child = compress_and_register(ws, store, ref, params.compress, params.evaluate)
+    if child is None:
+        reason = f"no variant within {params.compress.max_quality_drop} of {report.primary_metric}"
+        return {"model": None, "reason": reason, "table": str(report.csv_path)}
+    return {
+        "table": str(report.csv_path),
+        "model": child.ref,
+        "stage": child.stage,
+        "method": child.method.get("method", ""),
+        "runtime": child.runtime,
+    }
+
+
+def _primary(metrics: dict[str, Any]) -> str:
+    name = metrics.get("primary_metric")
+    value = metrics.get(name) if isinstance(name, str) else None
+    if value is None and isinstance(metrics.get("test"), dict) and isinstance(name, str):
+        value = metrics["test"].get(name)
+    return f"{name}={value:.4f}" if isinstance(value, float) else str(name)
 
 
 @flow(name="mlops-lifecycle", log_prints=True)
 def lifecycle(workspace: str = ".", overrides: list[str] | None = None) -> LifecycleResult:
-    """Ingest -> validate -> train -> evaluate -> compress, on one workspace."""
+    """Ingest -> validate -> train/evaluate/gate -> compress, on one workspace."""
     ws = open_workspace(workspace)
-    params = load_params(ws.params_path, overrides or [])
-    ingested = ingest_task(ws, params)
-    steps: dict[str, Any] = {"ingest": ingested}
-    create_markdown_artifact(
-        key="lifecycle-summary",
-        markdown=_summary_markdown(steps),
+    overrides = list(overrides or [])
+    params = load_params(ws.params_path, overrides)
+    steps: dict[str, Any] = {}
+
+    steps["ingest"] = ingest_task(ws, params)
+    batch_id = steps["ingest"]["batch_id"]
+    steps["validate"] = validate_task(ws, params, batch_id)
+    pipeline_overrides = [o for o in overrides if o.split(".", 1)[0] in PIPELINE_SECTIONS]
+    steps["train"] = train_task(ws, pipeline_overrides)
+    if steps["train"]["stage"] in ("staging", "production"):
+        steps["compress"] = compress_task(ws, params, steps["train"]["model"])
+    else:
+        steps["compress"] = {"model": None, "reason": "candidate was not promoted"}
+
+    create_table_artifact(
+        key="lifecycle-steps",
+        table=[{"step": k, **{kk: str(vv) for kk, vv in v.items()}} for k, v in steps.items()],
         description="What the last lifecycle run did",
     )
-    return LifecycleResult(ingested["batch_id"], ingested["dvc_md5"], ingested["created"], steps)
+    create_markdown_artifact(key="lifecycle-summary", markdown=_summary_markdown(steps))
+    return LifecycleResult(batch_id, steps["ingest"]["dvc_md5"], steps)
 
 
 def _summary_markdown(steps: dict[str, Any]) -> str:
     lines = ["| step | result |", "|---|---|"]
     for name, value in steps.items():
-        text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
-        lines.append(f"| {name} | {text} |")
+        lines.append(f"| {name} | {', '.join(f'{k}={v}' for k, v in value.items())} |")
     return "\n".join(lines)
 
 

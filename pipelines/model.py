@@ -12,6 +12,7 @@ A model directory holds everything needed to rebuild and run the model without t
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -280,8 +281,6 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     """torch.ao dynamic int8: int8 Linear weights, activations quantized per call (CPU only)."""
-    import warnings
-
     with warnings.catch_warnings():
         # Deprecated in favour of torchao, whose int8 path is GPU-oriented; this one still works.
         warnings.simplefilter("ignore")
@@ -299,8 +298,11 @@ def load_torch_model(path: Path) -> MLP:
         model = quantize_dynamic_int8(model)
     elif quantization:
         raise MlopsError(f"{path}: unknown torch quantization {quantization!r}")
-    # weights_only: a model file is data, never code to run.
-    state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        # Rebuilding quantized tensors goes through torch's own TypedStorage shim.
+        warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning)
+        # weights_only: a model file is data, never code to run.
+        state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()  # type: ignore[return-value]  # the int8 module runs as the MLP does
 

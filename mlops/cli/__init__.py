@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
-from mlops.cli import data, run, validate
+from mlops.cli import compress, data, run, train, validate
 from mlops.cli.common import err_console
 from mlops.errors import MlopsError
 
@@ -34,8 +35,12 @@ app.command()(data.init)
 app.command()(data.ingest)
 app.add_typer(data.data_app, name="data")
 app.add_typer(data.db_app, name="db")
+app.command()(train.train)
+app.add_typer(train.models_app, name="models")
+app.add_typer(train.stage_app, name="stage", hidden=True)
 app.command()(validate.validate)
 app.command()(run.run)
+app.command()(compress.compress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except MlopsError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+        # The message is plain text: column names like "Torque [Nm]" are not rich markup.
+        err_console.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)

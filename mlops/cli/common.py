@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import typer
@@ -28,13 +27,9 @@ def workspace(ctx: typer.Context) -> Workspace:
     return open_workspace(root)
 
 
-@contextmanager
-def open_store(ws: Workspace) -> Iterator[Store]:
-    store = Store.open(ws.database_url)
-    try:
-        yield store
-    finally:
-        store.close()
+def open_store(ws: Workspace) -> Store:
+    """The workspace's store, for use as `with open_store(ws) as store:`."""
+    return Store.open(ws.database_url)
 
 
 def print_json(obj: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from mlops.cli.common import (
     JsonOption,
@@ -61,7 +62,7 @@ def ingest(
         dataset=dataset,
     )
     if loaded.inference and not as_json:
-        console.print(f"[yellow]inferred:[/] {loaded.inference}")
+        console.print(f"[yellow]inferred:[/] {escape(loaded.inference)}")
     with open_store(ws) as store:
         result = run_ingest(ws, store, loaded)
     b = result.batch
@@ -70,7 +71,7 @@ def ingest(
         return
     verb = "ingested" if result.created else "already ingested (same bytes)"
     console.print(f"[green]{verb}[/] batch [bold]{b.id}[/]  rows={b.rows}  dvc md5={b.dvc_md5}")
-    console.print(f"  {b.path}  source={b.source}")
+    console.print(f"  {b.path}  source={escape(b.source)}")
 
 
 @data_app.command("list")
@@ -107,7 +108,7 @@ def data_show(ctx: typer.Context, batch: str, as_json: bool = JsonOption) -> Non
         print_json({**b.to_dict(), "validations": [v.to_dict() for v in validations]})
         return
     for key, value in b.to_dict().items():
-        console.print(f"[bold]{key}[/]: {value}")
+        console.print(f"[bold]{key}[/]: {escape(str(value))}")
     for v in validations:
         console.print(
             f"validation {v.id}: {v.outcome} (policy {v.policy}), "

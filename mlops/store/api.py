@@ -76,6 +76,12 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def revision(self) -> str | None:
         return db.current_revision(self.engine)
 

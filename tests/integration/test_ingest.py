@@ -203,3 +203,10 @@ def test_user_csv_is_ingested_with_inferred_task(ws: Workspace, mlops_cli) -> No
 def test_not_a_workspace_is_a_clear_error(tmp_path: Path, mlops_cli) -> None:  # type: ignore[no-untyped-def]
     result = mlops_cli("-w", tmp_path, "data", "list")
     assert result.exit_code != 0 and "not an mlops workspace" in result.stderr
+
+
+def test_error_messages_keep_brackets(ws: Workspace, mlops_cli) -> None:  # type: ignore[no-untyped-def]
+    """Column names like "Torque [Nm]" must not be eaten as console markup."""
+    _write(ws.root / "inputs" / "good.csv", GOOD_CSV)
+    out = mlops_cli("-w", ws.root, "ingest", "--source", "csv:inputs/good.csv", "--target", "[x]")
+    assert out.exit_code != 0 and "'[x]'" in out.stderr, out.stderr

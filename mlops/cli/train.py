@@ -1,0 +1,294 @@
+"""`mlops train`, `mlops models ...` and the hidden `mlops stage ...` commands DVC runs."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Any
+
+import typer
+
+from mlops.cli.common import (
+    JsonOption,
+    console,
+    err_console,
+    open_store,
+    print_json,
+    print_table,
+    short_time,
+    workspace,
+)
+
+stage_app = typer.Typer(
+    help="The DVC pipeline's stage commands (dvc.yaml runs them).", no_args_is_help=True
+)
+models_app = typer.Typer(help="Model versions: list, show, promote.", no_args_is_help=True)
+
+
+def train(
+    ctx: typer.Context,
+    overrides: list[str] = typer.Option(
+        None, "--set", help="Override a parameter, written into params.yaml: section.key=value."
+    ),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda (sets train.device)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Train on the validated batches with `dvc repro`, register the model, run the gate."""
+    from pipelines.registry import train_and_register
+
+    ws = workspace(ctx)
+    with open_store(ws) as store:
+        record = train_and_register(
+            ws,
+            store,
+            list(overrides or []),
+            device=device,
+            echo=None
+            if as_json
+            else (lambda msg: err_console.print(msg, highlight=False, markup=False)),
+        )
+    if as_json:
+        print_json(record.to_dict())
+        return
+    m = record.metrics
+    name = m.get("primary_metric", "")
+    console.print(
+        f"[bold]{record.ref}[/] -> [bold]{record.stage}[/]  {name}={_fmt(m.get(name))} "
+        f"(baseline {_fmt(m.get('baseline', {}).get(name))})",
+        highlight=False,
+    )
+    if record.decision.get("reason"):
+        console.print(f"  gate: {record.decision['reason']}", highlight=False)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+# -- stages (dvc.yaml) ----------------------------------------------------------------------
+
+
+@stage_app.command("prepare")
+def stage_prepare(ctx: typer.Context) -> None:
+    """Join the selected batches, split them, fit the preprocessor."""
+    from mlops.params import load_params
+    from pipelines.prepare import run_prepare_stage
+    from pipelines.registry import Artifacts
+
+    ws = workspace(ctx)
+    params = load_params(ws.params_path)
+    art = Artifacts(ws.root)
+    data = run_prepare_stage(ws.root, art.selection, art.prepared, params.prepare)
+    console.print(
+        f"prepared train/val/test = {len(data.train)}/{len(data.val)}/{len(data.test)} rows"
+    )
+
+
+@stage_app.command("train")
+def stage_train(ctx: typer.Context) -> None:
+    """Train the MLP (resuming from a checkpoint of this same run, if one exists)."""
+    from mlops.params import load_params
+    from pipelines.prepare import load_prepared
+    from pipelines.registry import Artifacts, checkpoint_dir
+    from pipelines.train import run_train_stage
+
+    ws = workspace(ctx)
+    params = load_params(ws.params_path)
+    art = Artifacts(ws.root)
+    result = run_train_stage(
+        load_prepared(art.prepared),
+        params.train,
+        model_dir=art.model,
+        curve_csv=art.plots / "train_curve.csv",
+        curve_png=art.train_curve_png,
+        info_path=art.train_info,
+        checkpoint_dir=checkpoint_dir(ws),
+    )
+    resumed = f", resumed at epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
+    console.print(
+        f"trained on {result.device} in {result.duration_s:.1f}s: best epoch {result.best_epoch}, "
+        f"val loss {result.best_val_loss:.4f}{resumed}"
+    )
+
+
+@stage_app.command("evaluate")
+def stage_evaluate(ctx: typer.Context) -> None:
+    """Score the model and the baseline on the test split."""
+    from mlops.params import load_params
+    from pipelines.evaluate import run_evaluate_stage
+    from pipelines.registry import Artifacts
+
+    ws = workspace(ctx)
+    params = load_params(ws.params_path)
+    art = Artifacts(ws.root)
+    report = run_evaluate_stage(art.prepared, art.model, art.metrics, art.plots, params.evaluate)
+    name = report["primary_metric"]
+    console.print(
+        f"test {name}: model {_fmt(report['model'][name])}, "
+        f"baseline {_fmt(report['baseline'][name])}"
+    )
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list(
+    ctx: typer.Context,
+    name: str = typer.Option(None, "--name", help="Only this model name."),
+    stage: str = typer.Option(None, "--stage", help="Only this stage."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List model versions with their stage and primary metric."""
+    ws = workspace(ctx)
+    with open_store(ws) as store:
+        models = store.list_models(name=name, stage=stage)
+    if as_json:
+        print_json([m.to_dict() for m in models])
+        return
+    rows = []
+    for m in models:
+        metric = m.metrics.get("primary_metric", "")
+        rows.append(
+            [
+                m.ref,
+                m.stage,
+                m.runtime,
+                m.method.get("kind", ""),
+                metric,
+                _fmt(m.metrics.get(metric)),
+                _fmt(m.metrics.get("baseline", {}).get(metric)),
+                len(m.batch_ids),
+                short_time(m.created_at),
+            ]
+        )
+    print_table(
+        f"{len(models)} model version(s)",
+        [
+            "version",
+            "stage",
+            "runtime",
+            "kind",
+            "metric",
+            "value",
+            "baseline",
+            "batches",
+            "created",
+        ],
+        rows,
+    )
+
+
+@models_app.command("show")
+def models_show(ctx: typer.Context, ref: str, as_json: bool = JsonOption) -> None:
+    """Show one model version: metrics, gate decision, full lineage, stage history."""
+    ws = workspace(ctx)
+    with open_store(ws) as store:
+        m = store.get_model(ref)
+        history = store.stage_history(m.id)
+    if as_json:
+        print_json({**m.to_dict(), "ref": m.ref, "stage_history": [e.to_dict() for e in history]})
+        return
+    p = console.print
+    p(f"[bold]{m.ref}[/]  stage [bold]{m.stage}[/]  runtime {m.runtime}  data set {m.dataset}")
+    p(f"path: {m.path}", highlight=False)
+    p(f"created: {short_time(m.created_at)}  run: {m.run_id}  parent: {m.parent_id}")
+    metric = m.metrics.get("primary_metric")
+    if metric:
+        numbers = [
+            k
+            for k in (
+                "pr_auc",
+                "roc_auc",
+                "f1",
+                "precision",
+                "recall",
+                "accuracy",
+                "rmse",
+                "mae",
+                "r2",
+            )
+            if k in m.metrics
+        ]
+        print_table(
+            f"test metrics (primary: {metric})",
+            ["metric", "model", "baseline"],
+            [[k, _fmt(m.metrics[k]), _fmt(m.metrics.get("baseline", {}).get(k))] for k in numbers],
+        )
+        if "confusion_matrix" in m.metrics:
+            p(
+                f"confusion matrix (rows actual, columns predicted; classes "
+                f"{m.metrics.get('classes')}): {m.metrics['confusion_matrix']}"
+            )
+    if m.decision:
+        p("[bold]gate decision[/]")
+        for key, value in m.decision.items():
+            p(f"  {key}: {value}", highlight=False)
+    lin = m.lineage
+    p("[bold]lineage[/]")
+    for b in lin.get("batches", []):
+        v = b.get("validation") or {}
+        p(
+            f"  batch {b['id']}  rows={b.get('rows')}  dvc md5={b.get('dvc_md5')}  "
+            f"validation {v.get('id')}: {v.get('outcome')} ({v.get('suite')})",
+            highlight=False,
+        )
+    git = lin.get("git") or {}
+    p(f"  git commit: {git.get('commit')}  dirty: {git.get('dirty')}")
+    p(f"  dvc.lock sha256: {lin.get('dvc_lock_hash')}")
+    for stage, outs in (lin.get("outs") or {}).items():
+        p(f"  {stage}: " + ", ".join(f"{k} md5={v}" for k, v in outs.items()), highlight=False)
+    p(
+        f"  device: {lin.get('device')}  training duration: {lin.get('duration_s')} s  "
+        f"best epoch: {lin.get('best_epoch')}  rows: {lin.get('rows')}"
+    )
+    p(f"  test split md5: {lin.get('test_split_md5')}")
+    for section, values in (lin.get("params") or {}).items():
+        p(f"  params.{section}: {values}", highlight=False)
+    extra = {k: v for k, v in lin.items() if k not in _SHOWN}
+    for key, value in extra.items():
+        p(f"  {key}: {value}", highlight=False)
+    p("[bold]stage history[/]")
+    for e in history:
+        p(
+            f"  {short_time(e.created_at)}  {e.from_stage or '-'} -> {e.to_stage}  "
+            f"{e.actor or ''}  {e.reason}",
+            highlight=False,
+        )
+
+
+_SHOWN = {
+    "batches",
+    "git",
+    "dvc_lock_hash",
+    "outs",
+    "device",
+    "duration_s",
+    "best_epoch",
+    "rows",
+    "test_split_md5",
+    "params",
+}
+
+
+@models_app.command("promote")
+def models_promote(
+    ctx: typer.Context,
+    ref: str,
+    to: str = typer.Option(..., "--to", help="production, staging or archived."),
+    reason: str = typer.Option("", "--reason", help="Why: kept in the stage history."),
+) -> None:
+    """Move a model version: staging -> production archives the previous production version."""
+    from pipelines.registry import promote
+
+    ws = workspace(ctx)
+    with open_store(ws) as store:
+        before = store.get_model(ref)
+        record = promote(store, ref, to, reason=reason, actor=_actor())
+    console.print(f"[green]{record.ref}[/]: {before.stage} -> {record.stage}")
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return "unknown"

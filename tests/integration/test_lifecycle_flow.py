@@ -1,0 +1,74 @@
+"""The lifecycle flow on a real (ephemeral) Prefect server, on small data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from mlops.settings import Workspace
+from mlops.store import Store
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SMALL = [
+    "ingest.rows=3000",
+    "train.epochs=4",
+    "train.patience=2",
+    "compress.finetune_epochs=1",
+    "compress.distill_epochs=3",
+    "compress.latency_repeats=20",
+]
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def test_lifecycle_runs_every_step_and_records_lineage(ws: Workspace, prefect_server: None) -> None:
+    from flows.lifecycle import lifecycle
+
+    state = lifecycle(workspace=str(ws.root), overrides=SMALL, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    steps = result.steps
+    assert steps["validate"]["outcome"] == "passed"
+
+    store = Store.open(ws.database_url)
+    try:
+        batch = store.get_batch(result.batch_id)
+        assert batch.status == "passed" and batch.rows == 3000
+        model = store.get_model(steps["train"]["model"])
+        # Lineage: the model traces back to the exact batch and its DVC hash.
+        assert model.batch_ids == [batch.id]
+        assert model.stage in ("staging", "rejected")
+        if model.stage == "staging":
+            child = steps["compress"]["model"]
+            assert child is None or store.get_model(child).parent_id == model.id
+    finally:
+        store.close()
+
+
+def test_a_failing_batch_stops_the_flow_with_a_docs_link(
+    ws: Workspace, prefect_server: None
+) -> None:
+    from flows.lifecycle import lifecycle
+
+    # 40 K warmer ambient air: far outside the suite's plausible Kelvin range.
+    overrides = [*SMALL, "ingest.drift=ambient_shift_k=40", "validate.policy=block"]
+    state = lifecycle(workspace=str(ws.root), overrides=overrides, return_state=True)
+    assert state.is_failed()
+    message = str(state.message) + repr(state.result(raise_on_failure=False))
+    assert "Air temperature [K]" in message and "data docs" in message.lower()
+
+    store = Store.open(ws.database_url)
+    try:
+        (batch,) = store.list_batches()
+        assert batch.status == "failed"
+        assert store.list_models() == []  # nothing trained on a blocked batch
+    finally:
+        store.close()
