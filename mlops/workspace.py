@@ -73,5 +73,5 @@ def ensure_pipeline(ws: Workspace) -> Path:
     """
     path = ws.root / "dvc.yaml"
     if not path.exists():
-        atomic_write_text(path, template_text("dvc.yaml"))
+        atomic_write_text(path, template_text("dvc-pipeline.yaml"))
     return path

@@ -29,6 +29,7 @@ from mlops.io import atomic_write_json, atomic_write_text
 from mlops.params import EvaluateParams, Params, load_params, parse_overrides
 from mlops.settings import OFFLINE_ENV, Workspace
 from mlops.store import BatchRecord, ModelRecord, Store
+from mlops.workspace import ensure_pipeline
 from pipelines.evaluate import evaluate_predictor, load_report, primary_metric
 from pipelines.model import load_predictor
 from pipelines.prepare import load_prepared
@@ -103,17 +104,6 @@ def select_batches(store: Store, dataset: str) -> list[BatchRecord]:
         )
     # The validation module's own rule, applied once more right before the data is used.
     return require_trainable(store, [b.id for b in batches])
-
-
-def ensure_pipeline(ws: Workspace) -> Path:
-    """The workspace's dvc.yaml: written from the template on the first training run; a user's
-    own edits are kept."""
-    from mlops.workspace import template_text
-
-    path = ws.root / "dvc.yaml"
-    if not path.exists():
-        atomic_write_text(path, template_text("dvc.yaml"))
-    return path
 
 
 def write_selection(ws: Workspace, spec: dict[str, Any], batches: list[BatchRecord]) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mlops.cli.common import JsonOption, console, print_json, workspace
+from mlops.cli.common import JsonOption, console, print_json, print_table, workspace
 
 
 def run(
@@ -24,5 +24,11 @@ def run(
         return
     console.rule("lifecycle finished")
     console.print(f"batch [bold]{result.batch_id}[/]  dvc md5 [bold]{result.dvc_md5}[/]")
-    for name, value in result.steps.items():
-        console.print(f"  {name}: {value}")
+    print_table(
+        "steps",
+        ["step", "result"],
+        [
+            [name, "\n".join(f"{k}: {v}" for k, v in value.items())]
+            for name, value in result.steps.items()
+        ],
+    )

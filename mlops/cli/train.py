@@ -178,6 +178,22 @@ def models_list(
     )
 
 
+_VARIANT_COLUMNS = (
+    "variant",
+    "status",
+    "runtime",
+    "hidden",
+    "size_bytes",
+    "latency_b1_us",
+    "latency_b64_us",
+    "pr_auc",
+    "rmse",
+    "drop",
+    "agreement",
+    "reason",
+)
+
+
 @models_app.command("show")
 def models_show(ctx: typer.Context, ref: str, as_json: bool = JsonOption) -> None:
     """Show one model version: metrics, gate decision, full lineage, stage history."""
@@ -222,7 +238,12 @@ def models_show(ctx: typer.Context, ref: str, as_json: bool = JsonOption) -> Non
     if m.decision:
         p("[bold]gate decision[/]")
         for key, value in m.decision.items():
-            p(f"  {key}: {value}", highlight=False)
+            if key not in ("table", "row"):  # compression's variant table is drawn below
+                p(f"  {key}: {value}", highlight=False)
+        table = m.decision.get("table")
+        if isinstance(table, list) and table and isinstance(table[0], dict):
+            cols = [c for c in _VARIANT_COLUMNS if c in table[0]]
+            print_table("variants measured", cols, [[r.get(c) for c in cols] for r in table])
     lin = m.lineage
     p("[bold]lineage[/]")
     for b in lin.get("batches", []):

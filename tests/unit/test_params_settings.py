@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def test_template_equals_defaults_and_repo_root(tmp_path: Path) -> None:
     assert load_params(_params_file(tmp_path)) == Params()
     # The repo root is the demo workspace: its params and pipeline are the templates.
     assert (ROOT / "params.yaml").read_text() == template_text("params.yaml")
-    assert (ROOT / "dvc.yaml").read_text() == template_text("dvc.yaml")
+    assert (ROOT / "dvc.yaml").read_text() == template_text("dvc-pipeline.yaml")
 
 
 def test_overrides_are_typed(tmp_path: Path) -> None:
@@ -80,3 +81,12 @@ def test_mlops_home_and_database_url_come_from_the_environment(
     ws = get_workspace(tmp_path)
     assert ws.home == tmp_path / "state" and ws.dvc_remote == tmp_path / "state" / "dvc-remote"
     assert "s3cret" not in redact_url(ws.database_url)
+
+
+def test_the_repo_has_one_dvc_pipeline() -> None:
+    """DVC reads every file named dvc.yaml in a repo: a second one (say, a template) would show
+    up as phantom stages in `dvc status` of the demo workspace."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "*dvc.yaml"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert tracked == ["dvc.yaml"]
