@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -100,28 +101,14 @@ class Preprocessor:
             c: sorted(str(v) for v in frame[c].dropna().unique()) for c in spec.categorical
         }
         y = frame[spec.target]
+        make = partial(
+            cls, spec.task, spec.target, numeric, tuple(values.mean().fillna(0.0)), tuple(stds),
+            categories,
+        )  # fmt: skip
         if spec.task == "classification":
             classes = sorted(y.dropna().unique().tolist(), key=str)
-            return cls(
-                spec.task,
-                spec.target,
-                numeric,
-                tuple(values.mean().fillna(0.0)),
-                tuple(stds),
-                categories,
-                [_plain(c) for c in classes],
-            )
-        return cls(
-            spec.task,
-            spec.target,
-            numeric,
-            tuple(values.mean().fillna(0.0)),
-            tuple(stds),
-            categories,
-            [],
-            float(y.mean()),
-            float(y.std(ddof=0) or 1.0),
-        )
+            return make(classes=[_plain(c) for c in classes])
+        return make(target_mean=float(y.mean()), target_std=float(y.std(ddof=0) or 1.0))
 
     @property
     def feature_names(self) -> list[str]:
