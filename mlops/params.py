@@ -26,8 +26,11 @@ class IngestParams(_Section):
     drift: str = ""
 
 
+Policy = Literal["block", "quarantine", "warn"]
+
+
 class ValidateParams(_Section):
-    policy: Literal["block", "quarantine", "warn"] = "block"
+    policy: Policy = "block"
     min_rows: int = Field(100, ge=1)
     max_rows: int = Field(10_000_000, ge=1)
 

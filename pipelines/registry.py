@@ -34,7 +34,6 @@ from pipelines.evaluate import evaluate_predictor, load_report, primary_metric
 from pipelines.model import load_predictor
 from pipelines.prepare import load_prepared
 from pipelines.train import resolve_device
-from pipelines.validate import require_trainable
 
 Echo = Callable[[str], None]
 LOCK_TIMEOUT_S = 3600
@@ -102,8 +101,9 @@ def select_batches(store: Store, dataset: str) -> list[BatchRecord]:
             f"no validated batch of data set '{dataset}' to train on: {shown}; training takes only "
             "batches whose latest validation passed or warned (`mlops validate BATCH`)"
         )
-    # The validation module's own rule, applied once more right before the data is used.
-    return require_trainable(store, [b.id for b in batches])
+    # Store.add_validation sets a batch's status to its latest outcome in the same transaction,
+    # so this status filter is the validation module's rule (require_trainable), not a copy.
+    return batches
 
 
 def write_selection(ws: Workspace, spec: dict[str, Any], batches: list[BatchRecord]) -> Path:

@@ -19,19 +19,20 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
 from filelock import FileLock, Timeout
 
 from mlops.errors import MlopsError
+from mlops.params import Policy
 from mlops.settings import Workspace
 from mlops.store import BatchRecord, Store
 from mlops.store.api import TRAINABLE_OUTCOMES
 from pipelines import expectations, versioning
 
-POLICIES = ("block", "quarantine", "warn")
+POLICIES: tuple[str, ...] = get_args(Policy)
 DATASOURCE, ASSET, BATCH_DEFINITION = "mlops", "batches", "whole_batch"
 DOCS_SITE = "local_site"
 # BASIC gives counts, observed values and up to 10 unexpected values per expectation; SUMMARY

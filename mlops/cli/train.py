@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import getpass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:  # only for annotations: the CLI imports the pipelines lazily
+    from mlops.params import Params
+    from mlops.settings import Workspace
+    from pipelines.registry import Artifacts
 
 from mlops.cli.common import (
     JsonOption,
@@ -67,16 +72,21 @@ def _fmt(value: Any) -> str:
 # -- stages (dvc.yaml) ----------------------------------------------------------------------
 
 
-@stage_app.command("prepare")
-def stage_prepare(ctx: typer.Context) -> None:
-    """Join the selected batches, split them, fit the preprocessor."""
+def _stage_inputs(ctx: typer.Context) -> tuple[Workspace, Params, Artifacts]:
+    """What every stage command starts from: the workspace, its params, the artifact paths."""
     from mlops.params import load_params
-    from pipelines.prepare import run_prepare_stage
     from pipelines.registry import Artifacts
 
     ws = workspace(ctx)
-    params = load_params(ws.params_path)
-    art = Artifacts(ws.root)
+    return ws, load_params(ws.params_path), Artifacts(ws.root)
+
+
+@stage_app.command("prepare")
+def stage_prepare(ctx: typer.Context) -> None:
+    """Join the selected batches, split them, fit the preprocessor."""
+    from pipelines.prepare import run_prepare_stage
+
+    ws, params, art = _stage_inputs(ctx)
     data = run_prepare_stage(ws.root, art.selection, art.prepared, params.prepare)
     console.print(
         f"prepared train/val/test = {len(data.train)}/{len(data.val)}/{len(data.test)} rows"
@@ -86,14 +96,11 @@ def stage_prepare(ctx: typer.Context) -> None:
 @stage_app.command("train")
 def stage_train(ctx: typer.Context) -> None:
     """Train the MLP (resuming from a checkpoint of this same run, if one exists)."""
-    from mlops.params import load_params
     from pipelines.prepare import load_prepared
-    from pipelines.registry import Artifacts, checkpoint_dir
+    from pipelines.registry import checkpoint_dir
     from pipelines.train import run_train_stage
 
-    ws = workspace(ctx)
-    params = load_params(ws.params_path)
-    art = Artifacts(ws.root)
+    ws, params, art = _stage_inputs(ctx)
     result = run_train_stage(
         load_prepared(art.prepared),
         params.train,
@@ -113,13 +120,9 @@ def stage_train(ctx: typer.Context) -> None:
 @stage_app.command("evaluate")
 def stage_evaluate(ctx: typer.Context) -> None:
     """Score the model and the baseline on the test split."""
-    from mlops.params import load_params
     from pipelines.evaluate import run_evaluate_stage
-    from pipelines.registry import Artifacts
 
-    ws = workspace(ctx)
-    params = load_params(ws.params_path)
-    art = Artifacts(ws.root)
+    _, params, art = _stage_inputs(ctx)
     report = run_evaluate_stage(art.prepared, art.model, art.metrics, art.plots, params.evaluate)
     name = report["primary_metric"]
     console.print(
