@@ -1,4 +1,4 @@
-"""The lifecycle flow: Prefect wiring only. Each task calls one plain function in `pipelines/`.
+"""The lifecycle flow: Prefect wiring only. Each task calls plain functions in `pipelines/`.
 
 ingest -> validate -> train + evaluate (DVC stages, the promotion gate) -> compress
 """
@@ -15,8 +15,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from mlops.errors import ValidationFailed
 from mlops.params import Params, load_params
 from mlops.settings import Workspace
-from mlops.store import Store
+from mlops.store import BatchRecord, Store
 from mlops.workspace import open_workspace
+from pipelines.ingest import SourceRequest
 
 # Stages whose parameters `dvc repro` reads: overrides for them are written to params.yaml.
 PIPELINE_SECTIONS = ("prepare", "train", "evaluate")
@@ -27,19 +28,42 @@ class LifecycleResult:
     batch_id: str
     dvc_md5: str
     steps: dict[str, Any] = field(default_factory=dict)
+    dataset: str = ""
 
 
 @task(name="ingest")
-def ingest_task(ws: Workspace, params: Params) -> dict[str, Any]:
-    from pipelines.ingest import ingest, load_source
+def ingest_task(
+    ws: Workspace, params: Params, request: SourceRequest | None, dataset: str | None
+) -> dict[str, Any]:
+    """Ingest the request; without one, take the workspace's data set's newest batch (or, in
+    an empty workspace, the params' source)."""
+    from pipelines.datasets import newest_batch, resolve_dataset
+    from pipelines.ingest import ingest, request_from_params
 
-    p = params.ingest
-    loaded = load_source(ws, p.source, rows=p.rows, seed=p.seed, drift=p.drift)
+    log = get_run_logger()
     with Store.open(ws.database_url) as store:
+        if request is None and (dataset or any(d.batches for d in store.list_datasets())):
+            b = newest_batch(store, resolve_dataset(store, dataset))
+            log.info("no source given: data set %s, its newest batch %s", b.dataset, b.id)
+            return _batch_step(b, new=False, source="newest batch")
+        loaded = (request or request_from_params(params.ingest)).load(ws, store)
+        for note in loaded.notes:
+            log.info(note)
         result = ingest(ws, store, loaded)
     b = result.batch
-    get_run_logger().info("batch %s (%d rows), dvc md5 %s", b.id, b.rows, b.dvc_md5)
-    return {"batch_id": b.id, "dvc_md5": b.dvc_md5, "rows": b.rows, "new": result.created}
+    log.info("batch %s (%d rows), dvc md5 %s", b.id, b.rows, b.dvc_md5)
+    return _batch_step(b, new=result.created, source=b.source)
+
+
+def _batch_step(b: BatchRecord, *, new: bool, source: str) -> dict[str, Any]:
+    return {
+        "dataset": b.dataset,
+        "batch_id": b.id,
+        "dvc_md5": b.dvc_md5,
+        "rows": b.rows,
+        "new": new,
+        "source": source,
+    }
 
 
 @task(name="validate")
@@ -51,6 +75,11 @@ def validate_task(ws: Workspace, params: Params, batch_id: str) -> dict[str, Any
         report = validate_batch(
             ws, store, batch_id, policy=p.policy, min_rows=p.min_rows, max_rows=p.max_rows
         )
+    if report.suite_inferred is not None:
+        i = report.suite_inferred
+        get_run_logger().info("inferred suite %s from batch %s", i.path, i.reference_batch)
+        if i.warning:
+            get_run_logger().warning(i.warning)
     if report.blocked:
         # Fails the task and so the flow run: the state message names the failures and the
         # Data Docs page to open.
@@ -64,11 +93,11 @@ def validate_task(ws: Workspace, params: Params, batch_id: str) -> dict[str, Any
 
 
 @task(name="train-evaluate-gate")
-def train_task(ws: Workspace, overrides: list[str]) -> dict[str, Any]:
+def train_task(ws: Workspace, overrides: list[str], dataset: str) -> dict[str, Any]:
     from pipelines.registry import train_and_register
 
     with Store.open(ws.database_url) as store:
-        record = train_and_register(ws, store, overrides)
+        record = train_and_register(ws, store, overrides, dataset=dataset)
     decision = record.decision
     get_run_logger().info("model %s -> %s: %s", record.ref, record.stage, decision.get("reason"))
     return {
@@ -106,18 +135,31 @@ def _primary(metrics: dict[str, Any]) -> str:
 
 
 @flow(name="mlops-lifecycle", log_prints=True)
-def lifecycle(workspace: str = ".", overrides: list[str] | None = None) -> LifecycleResult:
-    """Ingest -> validate -> train/evaluate/gate -> compress, on one workspace."""
+def lifecycle(
+    workspace: str = ".",
+    overrides: list[str] | None = None,
+    request: SourceRequest | None = None,
+    dataset: str | None = None,
+) -> LifecycleResult:
+    """Ingest -> validate -> train/evaluate/gate -> compress, on one workspace.
+
+    `request` says what to ingest; without one (and no `ingest.*` override) the run retrains
+    on the workspace's data set (`dataset` when there are several), from its newest batch.
+    """
+    from pipelines.ingest import plan_request
+
     ws = open_workspace(workspace)
     overrides = list(overrides or [])
     params = load_params(ws.params_path, overrides)
     steps: dict[str, Any] = {}
 
-    steps["ingest"] = ingest_task(ws, params)
+    steps["ingest"] = ingest_task(
+        ws, params, plan_request(params.ingest, overrides, request), dataset
+    )
     batch_id = steps["ingest"]["batch_id"]
     steps["validate"] = validate_task(ws, params, batch_id)
     pipeline_overrides = [o for o in overrides if o.split(".", 1)[0] in PIPELINE_SECTIONS]
-    steps["train"] = train_task(ws, pipeline_overrides)
+    steps["train"] = train_task(ws, pipeline_overrides, steps["ingest"]["dataset"])
     if steps["train"]["stage"] in ("staging", "production"):
         steps["compress"] = compress_task(ws, params, steps["train"]["model"])
     else:
@@ -129,7 +171,7 @@ def lifecycle(workspace: str = ".", overrides: list[str] | None = None) -> Lifec
         description="What the last lifecycle run did",
     )
     create_markdown_artifact(key="lifecycle-summary", markdown=_summary_markdown(steps))
-    return LifecycleResult(batch_id, steps["ingest"]["dvc_md5"], steps)
+    return LifecycleResult(batch_id, steps["ingest"]["dvc_md5"], steps, steps["ingest"]["dataset"])
 
 
 def _summary_markdown(steps: dict[str, Any]) -> str:
@@ -139,6 +181,14 @@ def _summary_markdown(steps: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_lifecycle(ws_root: Path, overrides: list[str] | None = None) -> LifecycleResult:
+def run_lifecycle(
+    ws_root: Path,
+    overrides: list[str] | None = None,
+    *,
+    request: SourceRequest | None = None,
+    dataset: str | None = None,
+) -> LifecycleResult:
     """Run the flow (an ephemeral Prefect server starts when PREFECT_API_URL is unset)."""
-    return lifecycle(workspace=str(ws_root), overrides=overrides or [])
+    return lifecycle(
+        workspace=str(ws_root), overrides=overrides or [], request=request, dataset=dataset
+    )

@@ -11,6 +11,17 @@ from mlops.settings import Workspace, configure_environment, get_workspace
 from mlops.store import Store
 
 GITIGNORE_LINES = (".mlops/", "artifacts/checkpoints/", "__pycache__/")
+# What `mlops init` writes that belongs in git: the first commit holds these and nothing else.
+INIT_FILES = (
+    "params.yaml",
+    ".gitignore",
+    ".dvcignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    "gx",
+    "data/raw/.gitkeep",
+    "data/quarantine/.gitkeep",
+)
 
 
 def template_text(name: str) -> str:
@@ -26,9 +37,9 @@ def init_workspace(root: str | Path) -> Workspace:
     ws = get_workspace(path)
     configure_environment(ws)
 
-    from pipelines.versioning import init_repo
+    from pipelines.versioning import init_repo, initial_commit
 
-    init_repo(ws)
+    created_git = init_repo(ws)
     if not ws.params_path.exists():
         atomic_write_text(ws.params_path, template_text("params.yaml"))
     for folder in (ws.raw_dir, ws.quarantine_dir):
@@ -40,6 +51,9 @@ def init_workspace(root: str | Path) -> Workspace:
     from pipelines.validate import init_gx  # GX is slow to import: only `init` pays for it
 
     init_gx(ws)
+    if created_git:
+        # Only what init wrote: a folder of the user's own files is theirs to commit, or not.
+        initial_commit(ws.root, list(INIT_FILES), "mlops init: workspace")
     return ws
 
 

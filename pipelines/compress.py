@@ -230,7 +230,8 @@ def measure(
     results: list[VariantResult] = []
     for name, p in predictors.items():
         metrics = _scalar_metrics(evaluate_scores(p.config.task, y_true, scores[name],
-                                                  p.preprocessor.classes))  # fmt: skip
+                                                  p.preprocessor.classes,
+                                                  p.spec.positive_class))  # fmt: skip
         pred = _predictions(p, scores[name])
         same = pred == ref_pred if p.config.task == "classification" else (
             np.abs(pred - ref_pred) <= tol)  # fmt: skip
@@ -345,11 +346,31 @@ def compress_model(
         max_quality_drop=params.max_quality_drop, min_agreement=params.min_agreement,
         variants=results, chosen=chosen, out_dir=out_dir,
         csv_path=out_dir / "compression.csv", plot_path=out_dir / "compression.png",
+        positive_class=parent.spec.positive_class,
     )  # fmt: skip
     atomic_write_text(report.csv_path, report.frame().to_csv(index=False))
     atomic_write_json(out_dir / "compression.json", report.to_dict())
     plot_tradeoff(report, report.plot_path)
     return report
+
+
+def default_ref(store: Store, dataset: str | None = None) -> str:
+    """The version `mlops compress` takes when none is named: the workspace's data set's newest
+    trained version that passed the gate (staging or production)."""
+    from pipelines.datasets import resolve_dataset
+
+    name = resolve_dataset(store, dataset)
+    trained = [
+        m
+        for m in store.list_models(name=name)
+        if m.method.get("kind") == "train" and m.stage in ("staging", "production")
+    ]
+    if not trained:
+        raise MlopsError(
+            f"data set {name!r} has no trained version in staging or production to compress: "
+            "name one (`mlops compress NAME:VERSION`, see `mlops models list`)"
+        )
+    return trained[-1].ref
 
 
 def compress_and_register(
@@ -395,6 +416,7 @@ def compress_and_register(
             **tested, "task": report.task, "primary_metric": report.primary_metric,
             "higher_is_better": report.higher_is_better,
             "baseline": parent.metrics.get("baseline", {}),
+            "trivial": parent.metrics.get("trivial", {}),
             f"parent_{report.primary_metric}": p.primary, "quality_drop": best.drop,
             "agreement": best.agreement, "params": best.params, "size_bytes": best.size_bytes,
             "latency_b1_us": best.latency_b1_us, "latency_b64_us": best.latency_b64_us,

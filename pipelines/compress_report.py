@@ -69,6 +69,7 @@ class CompressionReport:
     csv_path: Path
     plot_path: Path
     rule: str = RULE
+    positive_class: Any = None  # binary classification: the label the metric is about
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @property
@@ -128,8 +129,13 @@ def report_table(report: CompressionReport, *, width: int = 200) -> Table:
         for col in ("hidden", "params", "rows/s@64", "cost"):
             del cells[col]
     table = Table(
-        title=f"{report.task} model: {m} tolerance {report.max_quality_drop:g}, "
-        f"chosen: {report.chosen or 'none'}",
+        title=f"{report.task} model: {m}"
+        + (
+            f" (positive class {report.positive_class!r})"
+            if report.positive_class is not None
+            else ""
+        )
+        + f" tolerance {report.max_quality_drop:g}, chosen: {report.chosen or 'none'}",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,

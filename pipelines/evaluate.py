@@ -1,9 +1,10 @@
 """Evaluate: score a model on the held-out test split, beside a scikit-learn baseline.
 
 Classification reports F1, precision, recall, ROC-AUC and PR-AUC for the positive class (the
-minority class of a binary target; macro averages for more classes) and the confusion matrix;
-regression reports RMSE, MAE and R^2. The baseline sees exactly the model's preprocessed inputs,
-so the gap between them is what the network adds.
+data set spec's, by default the minority class of a binary target; macro averages for more
+classes) and the confusion matrix; regression reports RMSE, MAE and R^2. The baseline sees
+exactly the model's preprocessed inputs, so the gap between them is what the network adds; the
+trivial baseline (class priors, or the train mean) is the floor any model must clear.
 """
 
 from __future__ import annotations
@@ -44,8 +45,14 @@ def _label_index(y_true: np.ndarray, classes: list[Any]) -> np.ndarray:
     return np.asarray([index[_key(v)] for v in y_true], dtype=np.int64)
 
 
-def positive_class(y: np.ndarray, n_classes: int) -> int:
-    """The minority class of a binary target (the later class on a tie): failures, frauds."""
+def positive_class(y: np.ndarray, n_classes: int, classes: list[Any], given: Any = None) -> int:
+    """The index of the positive class: the spec's `given` label when there is one, else the
+    minority class of `y` (the later class on a tie): failures, frauds."""
+    if given is not None:
+        keys = [_key(c) for c in classes]
+        if _key(given) not in keys:
+            raise MlopsError(f"positive class {given!r} is not among the classes {classes}")
+        return keys.index(_key(given))
     counts = np.bincount(y, minlength=n_classes)
     return int(n_classes - 1 - np.argmin(counts[::-1]))
 
@@ -56,9 +63,14 @@ def _finite(value: float) -> float | None:
 
 
 def evaluate_scores(
-    task: str, y_true: np.ndarray, scores: np.ndarray, classes: list[Any]
+    task: str,
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    classes: list[Any],
+    positive: Any = None,
 ) -> dict[str, Any]:
-    """Metrics of `scores` (class probabilities, or predictions in target units) on `y_true`."""
+    """Metrics of `scores` (class probabilities, or predictions in target units) on `y_true`;
+    binary metrics are for the label `positive` (None: the minority class of `y_true`)."""
     y_true = np.asarray(y_true)
     if task == "regression":
         y = y_true.astype(np.float64)
@@ -76,7 +88,7 @@ def evaluate_scores(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # undefined precision etc. are reported as 0 / null
         if k == 2:
-            pos = positive_class(y, k)
+            pos = positive_class(y, k, classes, positive)
             hit, said = (y == pos).astype(int), (pred == pos).astype(int)
             both = 0 < hit.sum() < len(hit)
             out.update(
@@ -122,6 +134,7 @@ def evaluate_predictor(predictor: Predictor, test: pd.DataFrame) -> dict[str, An
         test[target].to_numpy(),
         predictor.scores(test),
         predictor.preprocessor.classes,
+        predictor.spec.positive_class,
     )
 
 
@@ -142,8 +155,19 @@ def baseline_scores(data: PreparedData) -> np.ndarray:
     return proba
 
 
+def trivial_scores(data: PreparedData) -> np.ndarray:
+    """What a model that ignores its inputs predicts: the train split's class shares (so the
+    majority class), or its mean target."""
+    pre = data.preprocessor
+    y_train = pre.encode_target(data.train[pre.target])
+    if pre.task == "regression":
+        return np.full(len(data.test), float(data.train[pre.target].astype(float).mean()))
+    prior = np.bincount(y_train, minlength=len(pre.classes)) / len(y_train)
+    return np.tile(prior, (len(data.test), 1))
+
+
 def plot_frames(
-    task: str, y_true: np.ndarray, scores: np.ndarray, classes: list[Any]
+    task: str, y_true: np.ndarray, scores: np.ndarray, classes: list[Any], positive: Any = None
 ) -> dict[str, pd.DataFrame]:
     """The evaluation plots, one frame per file; the other task's files get a header only, so
     every plot dvc.yaml declares exists and `dvc plots show` never warns about a missing one."""
@@ -159,7 +183,7 @@ def plot_frames(
         return frames
     y = _label_index(y_true, classes)
     if len(classes) == 2:
-        pos = positive_class(y, 2)
+        pos = positive_class(y, 2, classes, positive)
         precision, recall, _ = skm.precision_recall_curve(y == pos, scores[:, pos])
     else:  # micro-average over classes: one curve that still reads as precision vs recall
         onehot = np.eye(len(classes))[y]
@@ -184,16 +208,19 @@ def run_evaluate_stage(
     y_test = data.test[target].to_numpy()
     scores = predictor.scores(data.test)
     name, higher = primary_metric(task, params)
+    classes, positive = data.preprocessor.classes, data.spec.positive_class
     report = {
         "task": task,
         "primary_metric": name,
         "higher_is_better": higher,
-        "model": evaluate_scores(task, y_test, scores, predictor.preprocessor.classes),
-        "baseline": evaluate_scores(task, y_test, baseline_scores(data), data.preprocessor.classes),
+        "positive_class": positive,
+        "model": evaluate_scores(task, y_test, scores, classes, positive),
+        "baseline": evaluate_scores(task, y_test, baseline_scores(data), classes, positive),
+        "trivial": evaluate_scores(task, y_test, trivial_scores(data), classes, positive),
         "rows": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
     }
     atomic_write_json(metrics_path, report)
-    for stem, frame in plot_frames(task, y_test, scores, predictor.preprocessor.classes).items():
+    for stem, frame in plot_frames(task, y_test, scores, classes, positive).items():
         atomic_write_text(plots_dir / f"{stem}.csv", frame.to_csv(index=False))
     return report
 

@@ -43,6 +43,12 @@ RANGE_MARGIN = 0.10
 RANGE_MOSTLY = 0.99
 # Columns with more distinct values than this get no value-set check (it would only list them).
 MAX_SET_SIZE = 50
+# A suite inferred from fewer rows than this has ranges and sets that fresh data will cross.
+MIN_REFERENCE_ROWS = 50
+# Duplicated rows may exceed the reference's share by this many points before a batch fails.
+DUPLICATE_SLACK = 0.01
+# Bounds of every finite float64: outside them there is only inf and -inf.
+FINITE_MAX = float(np.finfo(np.float64).max)
 
 RISK = {
     "schema": "schema change: a missing column breaks training and serving; an extra one is a "
@@ -62,6 +68,11 @@ RISK = {
     "target_range": "label corruption or unit change in the regression target",
     "range": "broken sensor or unit change: physically implausible values",
     "ref_range": "broken sensor or unit change: values far outside what the reference batch showed",
+    "finite": "overflow or a division by zero upstream: inf and -inf break training (NaN loss) "
+    "and every metric",
+    "duplicates": "a batch appended twice or a join fan-out: duplicated rows weigh some records "
+    "more and leak between train and test",
+    "all_null": "a dropped or renamed field in the export: a column that arrives empty",
 }
 
 
@@ -78,6 +89,9 @@ RISK_LABEL = {
     "target_range": "label corruption or unit change",
     "range": "broken sensor or unit change",
     "ref_range": "broken sensor or unit change",
+    "finite": "non-finite value",
+    "duplicates": "duplicated rows",
+    "all_null": "empty column",
 }
 
 
@@ -248,11 +262,61 @@ def _widened(s: pd.Series) -> tuple[float, float]:
     return lo, hi
 
 
+def reference_warning(rows: int) -> str | None:
+    """What to tell a user whose suite was inferred from very few rows."""
+    if rows >= MIN_REFERENCE_ROWS:
+        return None
+    return (
+        f"the suite was inferred from only {rows} row(s) (under {MIN_REFERENCE_ROWS}): its "
+        "ranges and value sets are narrow, so good batches may fail; review and widen it"
+    )
+
+
+def _duplicates(df: pd.DataFrame) -> Any:
+    """Exact duplicate rows may not exceed the reference's share (plus DUPLICATE_SLACK)."""
+    import great_expectations.expectations as gxe
+
+    # GX counts every copy of a duplicated row (pandas duplicated(keep=False)): so does this.
+    share = float(df.duplicated(keep=False).mean())
+    mostly = round(max(0.0, 1.0 - 2 * share - DUPLICATE_SLACK), 4)
+    return gxe.ExpectCompoundColumnsToBeUnique(
+        column_list=[str(c) for c in df.columns],
+        mostly=mostly,
+        ignore_row_if="never",
+        meta={"risk": "duplicates"},
+        notes=_note(
+            "duplicates",
+            f"The reference batch had {share:.1%} duplicated rows; a batch fails past "
+            f"{1 - mostly:.1%}.",
+        ),
+    )
+
+
+def _finite(column: str) -> Any:
+    return _between(
+        column, -FINITE_MAX, FINITE_MAX, "finite", "Every value must be a finite number."
+    )
+
+
+def _not_all_null(column: str) -> Any:
+    import great_expectations.expectations as gxe
+
+    return gxe.ExpectColumnProportionOfNonNullValuesToBeBetween(
+        column=column,
+        min_value=0,
+        strict_min=True,
+        meta={"risk": "all_null"},
+        notes=_note("all_null", "The reference batch had values here."),
+    )
+
+
 def infer_expectations(df: pd.DataFrame, spec: DatasetSpec) -> list[Any]:
     """Expectations inferred from a reference batch `df` of the data set described by `spec`."""
     import great_expectations.expectations as gxe
 
     out = _table([str(c) for c in df.columns])
+    if not spec.id_columns:  # with ids, their uniqueness is the duplicate check
+        out.append(_duplicates(df))
     for col in df.columns:
         s = df[col]
         name = str(col)
@@ -260,7 +324,14 @@ def infer_expectations(df: pd.DataFrame, spec: DatasetSpec) -> list[Any]:
         values = s.dropna()
         if values.empty:
             continue
+        out.append(_not_all_null(name))
         numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+        if numeric:
+            out.append(_finite(name))
+            # Ranges come from finite values: an inf in the reference must not make them infinite.
+            values = values[np.isfinite(values.to_numpy(dtype=np.float64))]
+            if values.empty:
+                continue
         if name in spec.id_columns:
             if values.is_unique:
                 out.append(

@@ -26,6 +26,7 @@ from torch import nn
 from mlops.errors import MlopsError
 from mlops.io import atomic_write_json
 from pipelines.sources import DatasetSpec
+from pipelines.sources import label_key as _key
 
 FORMAT_VERSION = 1
 Runtime = Literal["torch", "onnx"]
@@ -168,14 +169,6 @@ class Preprocessor:
 
 def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
-
-
-def _key(v: Any) -> str:
-    # Labels read back from JSON or parquet may be 1, 1.0 or "1": compare them as one.
-    v = _plain(v)
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return str(v)
 
 
 class _Engine(Protocol):

@@ -51,6 +51,26 @@ def row_keys(frame: pd.DataFrame, spec: DatasetSpec) -> list[str]:
     return ["\x1f".join(row) for row in values.itertuples(index=False, name=None)]
 
 
+def check_finite(frame: pd.DataFrame, spec: DatasetSpec, where: str) -> None:
+    """Refuses inf and -inf in numeric features and the target: one would make every loss and
+    metric NaN (validation flags them too; this is the second line of defence)."""
+    bad = {}
+    for col in dict.fromkeys([*spec.features, spec.target]):
+        if col not in frame.columns or col in spec.categorical:
+            continue
+        s = frame[col]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            n = int(np.isinf(s.to_numpy(dtype=np.float64, na_value=np.nan)).sum())
+            if n:
+                bad[col] = n
+    if bad:
+        listed = ", ".join(f"{c!r} ({n} row(s))" for c, n in bad.items())
+        raise MlopsError(
+            f"{where}: non-finite values (inf or -inf) in {listed}: training needs finite "
+            "numbers; fix the source and ingest it again"
+        )
+
+
 def assign_splits(
     batch_id: str, keys: list[str], *, val_fraction: float, test_fraction: float, seed: int
 ) -> np.ndarray:
@@ -75,6 +95,7 @@ def prepare(
     for batch_id in sorted(frames):
         frame = frames[batch_id]
         spec.check(frame, f"batch {batch_id}")
+        check_finite(frame, spec, f"batch {batch_id}")
         frame = frame.reset_index(drop=True)
         split = assign_splits(
             batch_id,

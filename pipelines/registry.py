@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from filelock import FileLock
 
 from mlops.errors import MlopsError
@@ -30,9 +31,11 @@ from mlops.params import EvaluateParams, Params, load_params, parse_overrides
 from mlops.settings import OFFLINE_ENV, Workspace
 from mlops.store import BatchRecord, ModelRecord, Store
 from mlops.workspace import ensure_pipeline
+from pipelines.datasets import resolve_dataset
 from pipelines.evaluate import evaluate_predictor, load_report, primary_metric
 from pipelines.model import load_predictor
-from pipelines.prepare import load_prepared
+from pipelines.prepare import check_finite, load_prepared
+from pipelines.sources import DatasetSpec
 from pipelines.train import resolve_device
 
 Echo = Callable[[str], None]
@@ -141,6 +144,15 @@ def write_overrides(ws: Workspace, overrides: list[str]) -> None:
         buf = StringIO()
         yaml.dump(doc, buf)
         atomic_write_text(ws.params_path, buf.getvalue())
+
+
+def check_batches_finite(ws: Workspace, spec: DatasetSpec, batches: list[BatchRecord]) -> None:
+    """Non-finite inputs fail here, before params.yaml, dvc.lock or a model folder is touched
+    (a batch validated under the `warn` policy can still carry them)."""
+    for b in batches:
+        path = ws.resolve(b.path)
+        if path.is_file():  # a missing file is `prepare`'s to report (it names the checkout)
+            check_finite(pd.read_parquet(path), spec, f"batch {b.id}")
 
 
 # -- the DVC pipeline -----------------------------------------------------------------------
@@ -284,6 +296,7 @@ def register_candidate(
             "primary_metric": report["primary_metric"],
             "higher_is_better": report["higher_is_better"],
             "baseline": report["baseline"],
+            "trivial": report.get("trivial", {}),
         }
         return store.register_model(
             name=name,
@@ -399,24 +412,32 @@ def train_and_register(
     store: Store,
     overrides: list[str],
     *,
+    dataset: str | None = None,
     device: str | None = None,
     echo: Echo | None = None,
 ) -> ModelRecord:
     """Select batches, write params and selection, `dvc repro`, register, gate.
 
-    Bad parameters, no trainable batch or a failing stage raise MlopsError with nothing
-    registered. With nothing changed since the last run, DVC runs nothing and the version
-    already registered for this exact dvc.lock is returned.
+    Trains on `dataset`, else the one `--set prepare.dataset=` names, else the workspace's
+    data set (`resolve_dataset`); the choice is written to params.yaml (prepare.dataset) so
+    `dvc repro` and the lineage record it. Bad parameters, no trainable batch, non-finite
+    inputs or a failing stage raise MlopsError with nothing registered or rewritten. With
+    nothing changed since the last run, DVC runs nothing and the version already registered
+    for this exact dvc.lock is returned.
     """
     say = echo or (lambda _msg: None)
     overrides = [*overrides, *([f"train.device={device}"] if device else [])]
+    requested = dataset or parse_overrides(overrides).get("prepare", {}).get("dataset")
+    dataset = resolve_dataset(store, str(requested) if requested is not None else None)
+    # Quoted: a name like "2024" must stay a string when read back as YAML.
+    overrides.append(f"prepare.dataset={json.dumps(dataset)}")
     params = load_params(ws.params_path, overrides)  # validated before anything is written
     resolve_device(params.train.device)  # `cuda` without one fails here, not after `prepare`
-    dataset = params.prepare.dataset
     ws.locks_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ws.locks_dir / "train.lock"), timeout=LOCK_TIMEOUT_S):
         batches = select_batches(store, dataset)
         spec = store.get_dataset_spec(dataset)
+        check_batches_finite(ws, DatasetSpec.from_dict(spec), batches)
         say(f"training on {len(batches)} batch(es): {', '.join(b.id for b in batches)}")
         ensure_pipeline(ws)
         write_overrides(ws, overrides)

@@ -7,7 +7,9 @@ calibrated so that a default batch matches the published UCI AI4I 2020 file.
 from __future__ import annotations
 
 import csv
+import io
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -51,6 +53,19 @@ def _names(cols: Iterable[Any], limit: int = 20) -> str:
     return shown + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_dataset_name(name: str) -> str:
+    """A data set name becomes file and folder names: letters, digits, '-', '_', '.' only."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
+        raise MlopsError(
+            f"invalid data set name {name!r}: use letters, digits, '-', '_' and '.' "
+            "(starting with a letter or digit, no '..', at most 128 characters)"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What a table means: which column is the target, which are model inputs."""
@@ -62,8 +77,11 @@ class DatasetSpec:
     categorical: tuple[str, ...]
     id_columns: tuple[str, ...]
     excluded: tuple[str, ...]
+    # The label whose precision, recall, F1 and PR-AUC are reported (binary targets only).
+    positive_class: Any = None
 
     def __post_init__(self) -> None:
+        check_dataset_name(self.name)
         where = f"dataset spec '{self.name}'"
         if self.task not in TASKS:
             raise MlopsError(f"{where}: task must be one of {', '.join(TASKS)}, got {self.task!r}")
@@ -80,6 +98,8 @@ class DatasetSpec:
             raise MlopsError(
                 f"{where}: categorical {_names(repr(c) for c in sorted(stray))} not among features"
             )
+        if self.positive_class is not None and self.task != "classification":
+            raise MlopsError(f"{where}: a positive class applies to classification only")
 
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-friendly dict (tuples become lists)."""
@@ -91,6 +111,9 @@ class DatasetSpec:
         # Unknown keys are ignored so specs written by a newer version still load.
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name == "positive_class":  # optional: specs written before it existed lack it
+                values[f.name] = d.get(f.name)
+                continue
             if f.name not in d:
                 raise MlopsError(f"dataset spec: missing key '{f.name}'")
             v = d[f.name]
@@ -134,6 +157,7 @@ AI4I_SPEC = DatasetSpec(
     id_columns=("UDI", "Product ID"),
     # The failure-mode flags spell out the label: as features they would leak it.
     excluded=FAILURE_MODES,
+    positive_class=1,  # a machine failure
 )
 
 
@@ -368,8 +392,76 @@ def generate_ai4i(
 # User tables
 
 
-def read_table(path: Path, kind: Literal["csv", "parquet"]) -> pd.DataFrame:
+SEPARATORS: dict[str, str] = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+SNIFF_BYTES = 64 * 1024
+# A value such as "1,5" or "-0,25": a number written with a decimal comma.
+_DECIMAL_COMMA = re.compile(r"\s*[-+]?(\d+,\d*|\d*,\d+)([eE][-+]?\d+)?\s*")
+_PLAIN_NUMBER = re.compile(r"\s*[-+]?\d+([eE][-+]?\d+)?\s*")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A user table as read, and how it was read (for CSV: separator, BOM, decimal mark)."""
+
+    frame: pd.DataFrame
+    sep: str | None = None
+    bom: bool = False
+    decimal: str = "."
+
+    def notes(self) -> list[str]:
+        """What a user should know about how the file was read (nothing for a plain CSV)."""
+        out = []
+        if self.sep is not None and self.sep != ",":
+            out.append(f"delimiter: {SEPARATORS.get(self.sep, repr(self.sep))} ({self.sep!r})")
+        if self.bom:
+            out.append("encoding: UTF-8 with a byte-order mark")
+        if self.decimal != ".":
+            out.append(f"decimal mark: {self.decimal!r}")
+        return out
+
+
+def parse_sep(value: str | None) -> str | None:
+    """`--sep` as typed: a character or its name (comma, semicolon, tab, pipe); None to sniff."""
+    if value is None or value == "":
+        return None
+    names = {v: k for k, v in SEPARATORS.items()}
+    sep = names.get(value.lower(), "\t" if value in ("\\t", "tab") else value)
+    if sep not in SEPARATORS:
+        raise MlopsError(f"--sep {value!r}: one of comma, semicolon, tab, pipe (or , ; | \\t)")
+    return sep
+
+
+def parse_decimal(value: str | None) -> str | None:
+    if value is None or value == "" or value == ".":
+        return None
+    if value != ",":
+        raise MlopsError(f"--decimal {value!r}: the decimal mark is '.' (default) or ','")
+    return value
+
+
+def read_table(
+    path: Path,
+    kind: Literal["csv", "parquet"],
+    *,
+    sep: str | None = None,
+    decimal: str | None = None,
+) -> pd.DataFrame:
     """Reads a user CSV or parquet file; any unreadable input is a one-line MlopsError."""
+    return load_table(path, kind, sep=sep, decimal=decimal).frame
+
+
+def load_table(
+    path: Path,
+    kind: Literal["csv", "parquet"],
+    *,
+    sep: str | None = None,
+    decimal: str | None = None,
+) -> Table:
+    """Reads a user table from any readable path; CSV separators and BOMs are sniffed.
+
+    `sep` forces the CSV separator; `decimal=","` reads numbers written with a decimal comma
+    (without it such a column is an error that names it, never silently text).
+    """
     where = f"{kind} source {path}"
     if kind not in ("csv", "parquet"):
         raise MlopsError(f"{where}: kind must be 'csv' or 'parquet'")
@@ -382,13 +474,17 @@ def read_table(path: Path, kind: Literal["csv", "parquet"]) -> pd.DataFrame:
         if path.stat().st_size == 0:
             raise MlopsError(f"{where}: file is empty")
         with path.open("rb") as fh:
-            head = fh.read(4096)
-        df = _read_csv(path, where, head) if kind == "csv" else _read_parquet(path, where)
+            head = fh.read(SNIFF_BYTES)
+        table = (
+            _read_csv(path, where, head, sep=sep, decimal=decimal)
+            if kind == "csv"
+            else Table(_read_parquet(path, where))
+        )
     except OSError as e:
         raise MlopsError(f"{where}: cannot read ({e.strerror or e})") from None
-    if len(df) == 0:
+    if len(table.frame) == 0:
         raise MlopsError(f"{where}: no rows")
-    return df
+    return table
 
 
 def _first_line(e: BaseException) -> str:
@@ -396,44 +492,109 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:200]
 
 
-def _read_csv(path: Path, where: str, head: bytes) -> pd.DataFrame:
+def sniff_separator(text: str) -> str:
+    """The separator that splits the header widest while giving every sampled row that width
+    (comma wins ties); comma when none does."""
+    lines = text.splitlines()
+    if len(lines) > 1:
+        lines = lines[:-1]  # the sample may end inside a row
+    sample = "\n".join(lines)
+    best, best_width = ",", 1
+    for cand in SEPARATORS:
+        rows = [r for r in csv.reader(io.StringIO(sample), delimiter=cand) if any(r)]
+        if not rows:
+            continue
+        width = len(rows[0])
+        if width > best_width and all(len(r) == width for r in rows[1:]):
+            best, best_width = cand, width
+    return best
+
+
+def _read_csv(
+    path: Path, where: str, head: bytes, *, sep: str | None, decimal: str | None
+) -> Table:
     if head.startswith(b"PAR1"):
         raise MlopsError(f"{where}: looks like a parquet file, not CSV")
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise MlopsError(f"{where}: UTF-16 text; save it as UTF-8")
     if b"\x00" in head:
         raise MlopsError(f"{where}: binary content, not a CSV text file")
-    # pandas silently pads short rows with NaN (and turns a wider body into an index), so the
-    # field counts are checked first.
+    bom = head.startswith(b"\xef\xbb\xbf")
+    if sep is None:
+        # The sample may end inside a multi-byte character: that is not an encoding error.
+        sep = sniff_separator(head.decode("utf-8-sig", errors="ignore"))
+    if decimal == "," and sep == ",":
+        raise MlopsError(f"{where}: a decimal comma needs another separator (--sep ';')")
+    _check_fields(path, where, sep)
+    try:
+        frame = pd.read_csv(
+            path, sep=sep, decimal=decimal or ".", encoding="utf-8-sig", low_memory=False
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise MlopsError(f"{where}: cannot parse CSV ({_first_line(e)})") from None
+    if decimal is None:
+        _refuse_decimal_commas(frame, where)
+    return Table(frame, sep=sep, bom=bom, decimal=decimal or ".")
+
+
+def _check_fields(path: Path, where: str, sep: str) -> None:
+    """Every record has the header's field count (pandas would silently pad short rows with
+    NaN, or turn a wider body into an index)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, delimiter=sep)
             header: list[str] | None = None
+            bad: tuple[int, int] | None = None
             line = 0  # where the current record starts: a quoted field may span lines
             for row in reader:
                 line, start = reader.line_num, line + 1
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue
+                if bad is not None:
+                    break  # a record follows the short one: not a cut-off end
                 if header is None:
                     header = row
                     dupes = sorted({c for c in row if row.count(c) > 1})
                     if dupes:
                         raise MlopsError(f"{where}: duplicate column name(s) {_names(dupes)}")
                 elif len(row) != len(header):
+                    bad = (start, len(row))
+            else:
+                if bad is not None and bad[1] < (len(header) if header else 0):
                     raise MlopsError(
-                        f"{where}: line {start} has {len(row)} field(s), "
-                        f"the header has {len(header)}"
+                        f"{where}: the last row (line {bad[0]}) has {bad[1]} of "
+                        f"{len(header or [])} fields: the file looks truncated"
                     )
+            if bad is not None:
+                raise MlopsError(
+                    f"{where}: line {bad[0]} has {bad[1]} field(s), the header has "
+                    f"{len(header or [])}"
+                    + (f" (separator {SEPARATORS[sep]}; --sep to choose another)" if sep else "")
+                )
     except UnicodeDecodeError:
         raise MlopsError(f"{where}: not UTF-8 text; save it as UTF-8") from None
     except csv.Error as e:
         raise MlopsError(f"{where}: cannot parse CSV ({_first_line(e)})") from None
     if header is None:
         raise MlopsError(f"{where}: file is empty (blank lines only)")
-    try:
-        return pd.read_csv(path, encoding="utf-8-sig", low_memory=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise MlopsError(f"{where}: cannot parse CSV ({_first_line(e)})") from None
+
+
+def _refuse_decimal_commas(frame: pd.DataFrame, where: str) -> None:
+    """A column of numbers written as '1,5' would otherwise become text, or a silent category."""
+    for col in frame.columns:
+        s = frame[col]
+        if s.dtype != object:
+            continue
+        values = s.dropna().astype(str)
+        if values.empty:
+            continue
+        comma = values.str.fullmatch(_DECIMAL_COMMA)
+        if comma.any() and (comma | values.str.fullmatch(_PLAIN_NUMBER)).all():
+            example = values[comma].iloc[0].strip()
+            raise MlopsError(
+                f"{where}: column {str(col)!r} holds numbers with a decimal comma "
+                f"(e.g. {example!r}): pass --decimal , to read them as numbers"
+            )
 
 
 def _read_parquet(path: Path, where: str) -> pd.DataFrame:
@@ -466,11 +627,19 @@ def _is_categorical(s: pd.Series) -> bool:
 
 
 def infer_spec(
-    df: pd.DataFrame, name: str, target: str, task: str | None, where: str
+    df: pd.DataFrame,
+    name: str,
+    target: str,
+    task: str | None,
+    where: str,
+    *,
+    positive_class: str | None = None,
 ) -> tuple[DatasetSpec, str | None]:
     """Builds a spec for a user table.
 
     Returns the spec and, when `task` is None, a message saying how the task was inferred.
+    A binary target's positive class is `positive_class` (matched against the labels as
+    text) or else its minority class.
     """
     if target not in df.columns:
         raise MlopsError(f"{where}: no column '{target}' (columns: {_names(df.columns)})")
@@ -488,7 +657,7 @@ def infer_spec(
             task, why = "classification", f"has {n_distinct} distinct integer values (<= 20)"
         else:
             task, why = "regression", f"is numeric with {n_distinct} distinct values"
-        message = f"task inferred as {task}: target '{target}' {why} (pass the task to override)"
+        message = f"task inferred as {task}: target '{target}' {why} (--task to override)"
     elif task not in TASKS:
         raise MlopsError(f"{where}: task must be 'classification' or 'regression', got {task!r}")
     if n_distinct == 1:
@@ -506,6 +675,11 @@ def infer_spec(
             f"{where}: no feature columns besides target '{target}'"
             + (f" and id-like columns ({_names(ids)})" if ids else "")
         )
+    positive = None
+    if task == "classification":
+        positive = _positive_class(values, positive_class, target, where)
+    elif positive_class is not None:
+        raise MlopsError(f"{where}: --positive-class applies to classification only")
     spec = DatasetSpec(
         name=name,
         task=cast(Task, task),
@@ -514,5 +688,38 @@ def infer_spec(
         categorical=tuple(str(c) for c in features if _is_categorical(df[c])),
         id_columns=tuple(str(c) for c in ids),
         excluded=(),
+        positive_class=positive,
     )
     return spec, message
+
+
+def label_key(v: Any) -> str:
+    """Labels read back from JSON, parquet or a command line may be 1, 1.0 or "1": one key."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
+def _positive_class(values: pd.Series, given: str | None, target: str, where: str) -> Any:
+    counts = values.value_counts()
+    labels = sorted(counts.index.tolist(), key=label_key)
+    if given is not None:
+        match = [v for v in labels if label_key(v) == label_key(given)]
+        if not match:
+            raise MlopsError(
+                f"{where}: --positive-class {given!r} is not a label of '{target}' "
+                f"(labels: {_names(label_key(v) for v in labels)})"
+            )
+        if len(labels) != 2:
+            raise MlopsError(
+                f"{where}: --positive-class applies to a binary target; '{target}' has "
+                f"{len(labels)} classes (metrics are macro averages)"
+            )
+        chosen = match[0]
+    elif len(labels) != 2:
+        return None
+    else:  # the minority class (the later label on a tie): failures, frauds, churners
+        chosen = min(reversed(labels), key=lambda v: counts[v])
+    return chosen.item() if isinstance(chosen, np.generic) else chosen

@@ -58,6 +58,8 @@ class ValidationReport:
     failures: list[dict[str, Any]] = field(default_factory=list)
     docs_path: Path | None = None
     batch_path: str = ""
+    # Set when this run found no suite and inferred one first: from which batch, and any warning.
+    suite_inferred: SuiteInference | None = None
 
     @property
     def blocked(self) -> bool:
@@ -71,7 +73,10 @@ class ValidationReport:
                 f"all {self.evaluated} expectations met"
             )
         else:
-            first = "; ".join(f"{f['column']}: {f['rule']}" for f in self.failures[:limit])
+            first = "; ".join(
+                f"{f['column']}: {f['rule']}" + (f" ({f['risk']})" if f.get("risk") else "")
+                for f in self.failures[:limit]
+            )
             more = f" (+{len(self.failures) - limit} more)" if len(self.failures) > limit else ""
             text = (
                 f"batch {self.batch_id} failed validation against suite {self.suite!r} "
@@ -84,7 +89,23 @@ class ValidationReport:
         out = asdict(self)
         out["docs_path"] = str(self.docs_path) if self.docs_path else None
         out["blocked"] = self.blocked
+        if self.suite_inferred is not None:
+            out["suite_inferred"] = self.suite_inferred.to_dict()
         return out
+
+
+@dataclass(frozen=True)
+class SuiteInference:
+    """A suite inferred from a reference batch: where it went and what to be wary of."""
+
+    dataset: str
+    path: Path
+    reference_batch: str
+    rows: int
+    warning: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
 
 
 @dataclass(frozen=True)
@@ -308,6 +329,8 @@ def _column_of(kwargs: dict[str, Any], res: dict[str, Any]) -> str:
         return str(kwargs["column"])
     if "column_A" in kwargs:
         return f"{kwargs['column_A']} > {kwargs['column_B']}"
+    if "column_list" in kwargs:  # a rule over whole rows, e.g. exact duplicates
+        return f"(rows: {len(kwargs['column_list'])} columns)"
     # A table-level rule: name the columns it is about, where it says.
     mismatched = (res.get("details") or {}).get("mismatched") or {}
     names = [*mismatched.get("missing", []), *mismatched.get("unexpected", [])]
@@ -358,6 +381,12 @@ def validate_batch(
     if policy not in POLICIES:
         raise MlopsError(f"unknown validation policy {policy!r} (one of {', '.join(POLICIES)})")
     batch = store.get_batch(batch_id)
+    inferred = None
+    if not suite_path(ws, batch.dataset).exists():
+        # A new data set's first validation needs no separate `--init`: its first batch is
+        # the reference (and is then validated against what it taught, like any other).
+        first = store.list_batches(dataset=batch.dataset)[0]
+        inferred = init_suite(ws, store, first.id)
     frame = load_frame(ws, store, batch)
     run = run_suite(
         ws, batch.dataset, frame, min_rows=min_rows, max_rows=max_rows, run_name=batch.id
@@ -404,11 +433,14 @@ def validate_batch(
         failures=run.failures,
         docs_path=run.docs_path,
         batch_path=ws.relative(dst) if dst is not None else batch.path,
+        suite_inferred=inferred,
     )
 
 
-def init_suite(ws: Workspace, store: Store, batch_id: str, *, force: bool = False) -> Path:
-    """Infer the batch's data set suite from it (the reference batch) and save it; its path."""
+def init_suite(
+    ws: Workspace, store: Store, batch_id: str, *, force: bool = False
+) -> SuiteInference:
+    """Infer the batch's data set suite from it (the reference batch) and save it."""
     from pipelines.sources import DatasetSpec
 
     batch = store.get_batch(batch_id)
@@ -423,13 +455,17 @@ def init_suite(ws: Workspace, store: Store, batch_id: str, *, force: bool = Fals
     if frame.empty:
         raise MlopsError(f"batch {batch.id} has no rows: it cannot serve as a reference")
     suite = expectations.build_suite(batch.dataset, expectations.infer_expectations(frame, spec))
+    warning = expectations.reference_warning(len(frame))
     suite.meta["reference_batch"] = batch.id
+    suite.meta["reference_rows"] = len(frame)
+    if warning:
+        suite.meta["warning"] = warning
     if not (ws.gx_dir / "great_expectations.yml").is_file():
         init_gx(ws)
     with gx_lock(ws):
         ctx = open_gx(ws)
         _save_suite(ctx, suite)
-    return path
+    return SuiteInference(batch.dataset, path, batch.id, len(frame), warning)
 
 
 def require_trainable(store: Store, batch_ids: Iterable[str]) -> list[BatchRecord]:

@@ -67,17 +67,45 @@ def git_toplevel(path: Path) -> Path | None:
     return Path(out.stdout.strip()).resolve() if out.returncode == 0 else None
 
 
-def init_repo(ws: Workspace) -> None:
-    """git init (when not inside a repo) and dvc init; both are skipped when already done."""
+def init_repo(ws: Workspace) -> bool:
+    """git init (when not inside a repo) and dvc init; both are skipped when already done.
+
+    Returns True when it created the git repository (its caller then makes the first commit).
+    """
     Repo = _dvc()
 
     top = git_toplevel(ws.root)
+    created = top is None
     if top is None:
         subprocess.run(["git", "init", "-q", str(ws.root)], check=True)
         top = ws.root
     if not (ws.root / ".dvc").is_dir():
         Repo.init(str(ws.root), subdir=top != ws.root).close()
     ensure_remote(ws)
+    return created
+
+
+def initial_commit(root: Path, paths: list[str], message: str) -> str:
+    """Commit exactly `paths` (those that exist), so lineage always names a commit; returns
+    its hash. Uses the user's git identity, or a placeholder where none is configured."""
+    existing = [p for p in paths if (root / p).exists()]
+    subprocess.run(["git", "add", "--", *existing], cwd=root, check=True, capture_output=True)
+    # No identity configured (a fresh container): a placeholder. GIT_AUTHOR_* still win.
+    who = subprocess.run(["git", "config", "user.email"], cwd=root, capture_output=True)
+    identity = ["-c", "user.name=mlops", "-c", "user.email=mlops@localhost"]
+    cmd = ["git", *(identity if who.returncode else []), "-c", "commit.gpgsign=false", "commit"]
+    out = subprocess.run(
+        [*cmd, "-q", "--no-verify", "-m", message], cwd=root, capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        raise MlopsError(f"git commit in {root} failed: {_first(out.stderr or out.stdout)}")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return head.stdout.strip()
+
+
+def _first(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "no output"
 
 
 def ensure_remote(ws: Workspace) -> None:

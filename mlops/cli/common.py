@@ -39,8 +39,9 @@ def print_json(obj: Any) -> None:
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     table = Table(title=title, show_lines=False)
-    for col in columns:
-        table.add_column(col, overflow="fold")
+    for i, col in enumerate(columns):
+        # The first column is what people copy (a version, a batch id): it never wraps.
+        table.add_column(col, overflow="fold", no_wrap=i == 0)
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
     console.print(table)

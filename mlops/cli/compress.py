@@ -9,7 +9,14 @@ from mlops.cli.common import JsonOption, console, err_console, open_store, print
 
 def compress(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="Model version: NAME:VERSION, NAME@STAGE or an id."),
+    ref: str = typer.Argument(
+        None,
+        help="Model version: NAME:VERSION, NAME@STAGE or an id (default: the newest trained "
+        "version of the workspace's data set in staging or production).",
+    ),
+    dataset: str = typer.Option(
+        None, "--dataset", help="Data set whose model to compress (when there are several)."
+    ),
     overrides: list[str] = typer.Option(
         None, "--set", help="Override a parameter for this run only: compress.key=value."
     ),
@@ -21,7 +28,7 @@ def compress(
     Exits with code 3, registering nothing, when no variant stays within the tolerance.
     """
     from mlops.params import load_params
-    from pipelines.compress import NoVariantPassed, compress_and_register
+    from pipelines.compress import NoVariantPassed, compress_and_register, default_ref
     from pipelines.compress_report import report_table
 
     ws = workspace(ctx)
@@ -32,6 +39,8 @@ def compress(
             err_console.print(f"[dim]{msg}[/]", highlight=False)
 
     with open_store(ws) as store:
+        if ref is None:
+            ref = default_ref(store, dataset)
         report, child = compress_and_register(
             ws, store, ref, params.compress, params.evaluate, progress=progress
         )

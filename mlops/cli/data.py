@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -18,7 +19,11 @@ from mlops.cli.common import (
 )
 from mlops.settings import redact_url
 
-data_app = typer.Typer(help="Data batches: list, show, restore.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from mlops.params import IngestParams
+    from pipelines.ingest import LoadedSource, SourceRequest
+
+data_app = typer.Typer(help="Data sets and batches: list, show, restore.", no_args_is_help=True)
 db_app = typer.Typer(help="The metadata store.", no_args_is_help=True)
 
 
@@ -35,43 +40,118 @@ def init(directory: Path = typer.Argument(..., help="Folder for the new workspac
 
 def ingest(
     ctx: typer.Context,
-    source: str = typer.Option(None, "--source", "-s", help="ai4i, csv:PATH or parquet:PATH."),
+    source: str = typer.Option(
+        None, "--source", "-s", help="ai4i, csv:PATH or parquet:PATH (any readable path)."
+    ),
     rows: int = typer.Option(None, "--rows", help="Rows to generate (ai4i)."),
     seed: int = typer.Option(None, "--seed", help="Random seed (ai4i)."),
     drift: str = typer.Option(None, "--drift", help="ai4i drift knobs, e.g. ambient_shift_k=5."),
-    target: str = typer.Option(None, "--target", help="Label column (csv/parquet)."),
-    task: str = typer.Option(None, "--task", help="classification or regression (csv/parquet)."),
-    dataset: str = typer.Option(None, "--dataset", help="Data set name (default: file name)."),
+    target: str = typer.Option(None, "--target", help="Label column (a new data set)."),
+    task: str = typer.Option(None, "--task", help="classification or regression (a new data set)."),
+    dataset: str = typer.Option(
+        None,
+        "--dataset",
+        help="Data set to add the batch to or to start (default: the workspace's data set, "
+        "else the file name).",
+    ),
+    positive_class: str = typer.Option(
+        None, "--positive-class", help="Label whose F1/PR-AUC are reported (default: minority)."
+    ),
+    sep: str = typer.Option(
+        None, "--sep", help="CSV separator: comma, semicolon, tab or pipe (default: sniffed)."
+    ),
+    decimal: str = typer.Option(None, "--decimal", help="Decimal mark of a CSV: '.' or ','."),
     as_json: bool = JsonOption,
 ) -> None:
     """Ingest a batch: write it under data/raw/, version it with DVC, record it in the store."""
     from mlops.params import load_params
     from pipelines.ingest import ingest as run_ingest
-    from pipelines.ingest import load_source
 
     ws = workspace(ctx)
-    p = load_params(ws.params_path).ingest
-    loaded = load_source(
-        ws,
-        source if source is not None else p.source,
-        rows=rows if rows is not None else p.rows,
-        seed=seed if seed is not None else p.seed,
-        drift=drift if drift is not None else p.drift,
+    request = source_request(
+        load_params(ws.params_path).ingest,
+        source=source,
+        rows=rows,
+        seed=seed,
+        drift=drift,
         target=target,
         task=task,
         dataset=dataset,
+        positive_class=positive_class,
+        sep=sep,
+        decimal=decimal,
     )
-    if loaded.inference and not as_json:
-        console.print(f"[yellow]inferred:[/] {escape(loaded.inference)}")
     with open_store(ws) as store:
+        loaded = request.load(ws, store)
+        if not as_json:
+            print_loaded(loaded)
         result = run_ingest(ws, store, loaded)
     b = result.batch
     if as_json:
-        print_json({**b.to_dict(), "created": result.created, "inference": loaded.inference})
+        print_json(
+            {
+                **b.to_dict(),
+                "created": result.created,
+                "inference": loaded.inference,
+                "notes": list(loaded.notes),
+                "spec": loaded.spec.to_dict(),
+            }
+        )
         return
     verb = "ingested" if result.created else "already ingested (same bytes)"
     console.print(f"[green]{verb}[/] batch [bold]{b.id}[/]  rows={b.rows}  dvc md5={b.dvc_md5}")
     console.print(f"  {b.path}  source={escape(b.source)}")
+
+
+def source_request(p: IngestParams, *, source: str | None, **options: Any) -> SourceRequest:
+    """The ingest request from CLI options; what is not given comes from params.yaml."""
+    from pipelines.ingest import SourceRequest
+
+    defaults = {"rows": p.rows, "seed": p.seed, "drift": p.drift}
+    given = {k: v for k, v in options.items() if v is not None}
+    return SourceRequest(source=source or p.source, **{**defaults, **given})
+
+
+def print_loaded(loaded: LoadedSource) -> None:
+    """How a source was read and where it goes: separator, data set, inferred task."""
+    for note in loaded.notes:
+        console.print(f"[cyan]note:[/] {escape(note)}", highlight=False)
+    if loaded.inference:
+        console.print(f"[yellow]inferred:[/] {escape(loaded.inference)}", highlight=False)
+    spec = loaded.spec
+    if spec.positive_class is not None and not loaded.joined:
+        console.print(
+            f"  positive class of '{escape(spec.target)}': {spec.positive_class!r} "
+            "(--positive-class to choose another)",
+            highlight=False,
+        )
+
+
+@data_app.command("sets")
+def data_sets(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    """List the workspace's data sets: task, target, positive class, batches."""
+    ws = workspace(ctx)
+    with open_store(ws) as store:
+        datasets = store.list_datasets()
+    if as_json:
+        print_json([d.to_dict() for d in datasets])
+        return
+    print_table(
+        f"{len(datasets)} data set(s)",
+        ["data set", "task", "target", "positive class", "features", "batches", "last batch"],
+        [
+            [
+                d.name,
+                d.task,
+                d.spec.get("target"),
+                d.spec.get("positive_class"),
+                len(d.spec.get("features", [])),
+                d.batches,
+                short_time(d.last_batch_at) if d.last_batch_at else "",
+            ]
+            for d in datasets
+        ],
+    )
 
 
 @data_app.command("list")

@@ -4,26 +4,89 @@ from __future__ import annotations
 
 import typer
 
-from mlops.cli.common import JsonOption, console, print_json, print_table, workspace
+from mlops.cli.common import JsonOption, console, open_store, print_json, print_table, workspace
+from mlops.errors import MlopsError
 
 
 def run(
     ctx: typer.Context,
+    source: str = typer.Option(
+        None,
+        "--source",
+        "-s",
+        help="ai4i, csv:PATH or parquet:PATH to ingest first (default: the workspace's data "
+        "set's newest batch; the built-in source in an empty workspace).",
+    ),
+    target: str = typer.Option(None, "--target", help="Label column (a new data set)."),
+    task: str = typer.Option(None, "--task", help="classification or regression (a new data set)."),
+    dataset: str = typer.Option(
+        None, "--dataset", help="Data set to ingest into or run on (when there are several)."
+    ),
+    positive_class: str = typer.Option(
+        None, "--positive-class", help="Label whose F1/PR-AUC are reported (default: minority)."
+    ),
+    sep: str = typer.Option(None, "--sep", help="CSV separator (default: sniffed)."),
+    decimal: str = typer.Option(None, "--decimal", help="Decimal mark of a CSV: '.' or ','."),
     overrides: list[str] = typer.Option(
         None, "--set", help="Override a parameter for this run: section.key=value."
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Run the lifecycle flow (ingest -> validate -> train -> evaluate -> compress) with Prefect."""
+    """Run the lifecycle flow (ingest -> validate -> train -> evaluate -> compress) with Prefect.
+
+    Options are checked, and a source is read once, before the Prefect server starts: a bad
+    option is a one-line error, not a flow run that fails.
+    """
+    from mlops.cli.data import print_loaded, source_request
+    from mlops.params import load_params
+    from pipelines.datasets import resolve_dataset
+    from pipelines.ingest import plan_request
+
     ws = workspace(ctx)  # configures PREFECT_HOME etc. before Prefect is imported
+    overrides = list(overrides or [])
+    params = load_params(ws.params_path, overrides)
+    file_options = {
+        "--target": target,
+        "--task": task,
+        "--positive-class": positive_class,
+        "--sep": sep,
+        "--decimal": decimal,
+    }
+    given = [k for k, v in file_options.items() if v is not None]
+    if source is None and given:
+        raise MlopsError(f"{', '.join(given)} describe a source: give it with --source")
+    request = None
+    if source is not None:
+        request = source_request(
+            params.ingest,
+            source=source,
+            target=target,
+            task=task,
+            dataset=dataset,
+            positive_class=positive_class,
+            sep=sep,
+            decimal=decimal,
+        )
+    request = plan_request(params.ingest, overrides, request)
+    with open_store(ws) as store:
+        if request is not None:
+            loaded = request.load(ws, store)  # the whole check: file, separator, target, task
+            if not as_json:
+                print_loaded(loaded)
+        elif dataset is not None or any(d.batches for d in store.list_datasets()):
+            resolve_dataset(store, dataset)  # unknown or ambiguous: say so now
+
     from flows.lifecycle import run_lifecycle
 
-    result = run_lifecycle(ws.root, overrides or [])
+    result = run_lifecycle(ws.root, overrides, request=request, dataset=dataset)
     if as_json:
         print_json(result.steps)
         return
     console.rule("lifecycle finished")
-    console.print(f"batch [bold]{result.batch_id}[/]  dvc md5 [bold]{result.dvc_md5}[/]")
+    console.print(
+        f"data set [bold]{result.dataset}[/]  batch [bold]{result.batch_id}[/]  "
+        f"dvc md5 [bold]{result.dvc_md5}[/]"
+    )
     print_table(
         "steps",
         ["step", "result"],

@@ -35,6 +35,9 @@ def train(
         None, "--set", help="Override a parameter, written into params.yaml: section.key=value."
     ),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda (sets train.device)."),
+    dataset: str = typer.Option(
+        None, "--dataset", help="Data set to train on (default: the workspace's data set)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Train on the validated batches with `dvc repro`, register the model, run the gate."""
@@ -46,6 +49,7 @@ def train(
             ws,
             store,
             list(overrides or []),
+            dataset=dataset,
             device=device,
             echo=None
             if as_json
@@ -58,7 +62,8 @@ def train(
     name = m.get("primary_metric", "")
     console.print(
         f"[bold]{record.ref}[/] -> [bold]{record.stage}[/]  {name}={_fmt(m.get(name))} "
-        f"(baseline {_fmt(m.get('baseline', {}).get(name))})",
+        f"(baseline {_fmt(m.get('baseline', {}).get(name))}, "
+        f"trivial {_fmt(m.get('trivial', {}).get(name))}){_positive(m)}",
         highlight=False,
     )
     if record.decision.get("reason"):
@@ -67,6 +72,12 @@ def train(
 
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _positive(metrics: dict[str, Any]) -> str:
+    """'; positive class X' for binary classification metrics, else nothing."""
+    pos = metrics.get("positive_class")
+    return f"; positive class {pos!r}" if pos is not None else ""
 
 
 # -- stages (dvc.yaml) ----------------------------------------------------------------------
@@ -158,6 +169,7 @@ def models_list(
                 m.runtime,
                 m.method.get("kind", ""),
                 metric,
+                _fmt(m.metrics.get("positive_class", "")),
                 _fmt(m.metrics.get(metric)),
                 _fmt(m.metrics.get("baseline", {}).get(metric)),
                 len(m.batch_ids),
@@ -172,6 +184,7 @@ def models_list(
             "runtime",
             "kind",
             "metric",
+            "positive class",
             "value",
             "baseline",
             "batches",
@@ -229,9 +242,17 @@ def models_show(ctx: typer.Context, ref: str, as_json: bool = JsonOption) -> Non
             if k in m.metrics
         ]
         print_table(
-            f"test metrics (primary: {metric})",
-            ["metric", "model", "baseline"],
-            [[k, _fmt(m.metrics[k]), _fmt(m.metrics.get("baseline", {}).get(k))] for k in numbers],
+            f"test metrics (primary: {metric}{_positive(m.metrics)})",
+            ["metric", "model", "baseline", "trivial"],
+            [
+                [
+                    k,
+                    _fmt(m.metrics[k]),
+                    _fmt(m.metrics.get("baseline", {}).get(k)),
+                    _fmt(m.metrics.get("trivial", {}).get(k)),
+                ]
+                for k in numbers
+            ],
         )
         if "confusion_matrix" in m.metrics:
             p(

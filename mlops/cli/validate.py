@@ -7,7 +7,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from mlops.cli.common import JsonOption, console, open_store, print_json, workspace
+from mlops.cli.common import (
+    JsonOption,
+    console,
+    err_console,
+    open_store,
+    print_json,
+    workspace,
+)
 from mlops.errors import MlopsError, ValidationFailed
 
 MAX_SHOWN = 5  # unexpected values shown per failure in the table
@@ -15,7 +22,14 @@ MAX_SHOWN = 5  # unexpected values shown per failure in the table
 
 def validate(
     ctx: typer.Context,
-    batch: str = typer.Argument(..., help="Batch id (or a unique prefix), see `mlops data list`."),
+    batch: str = typer.Argument(
+        None,
+        help="Batch id (or a unique prefix), see `mlops data list`; default: every batch of the "
+        "workspace's data set not validated yet (else its newest).",
+    ),
+    dataset: str = typer.Option(
+        None, "--dataset", help="Data set whose batches to validate (when there are several)."
+    ),
     policy: str = typer.Option(
         None, "--policy", help="block | quarantine | warn (default: params.yaml validate.policy)."
     ),
@@ -25,45 +39,74 @@ def validate(
     force: bool = typer.Option(False, "--force", help="With --init: replace an existing suite."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Validate a batch with Great Expectations; exits non-zero when the batch is blocked.
+    """Validate batches with Great Expectations; exits non-zero when a batch is blocked.
 
     Runs the data set's suite (gx/expectations/<dataset>.json) in a GX checkpoint, builds the
     Data Docs, records the result in the store and applies the policy: block (status failed),
-    quarantine (file moved to data/quarantine/) or warn (recorded, let through).
+    quarantine (file moved to data/quarantine/) or warn (recorded, let through). A data set
+    with no suite yet gets one inferred from its first batch. With BATCH, --json prints one
+    report; without, a list.
     """
     from mlops.params import load_params
+    from pipelines.datasets import resolve_dataset
     from pipelines.validate import init_suite, validate_batch
 
     ws = workspace(ctx)
     params = load_params(ws.params_path).validate_
+    if force and not init:
+        raise MlopsError("--force only applies with --init")
     with open_store(ws) as store:
+        if batch is not None:
+            if dataset is not None and store.get_batch(batch).dataset != dataset:
+                raise MlopsError(f"batch {batch} is not in data set {dataset!r}")
+            batch_ids = [batch]
+        else:
+            name = resolve_dataset(store, dataset)
+            batches = store.list_batches(dataset=name)
+            if not batches:
+                raise MlopsError(f"data set {name!r} has no batches: ingest one first")
+            pending = [b.id for b in batches if b.status == "ingested"]
+            # --init takes the first batch as the reference; validation, what is pending.
+            batch_ids = [batches[0].id] if init else pending or [batches[-1].id]
         if init:
-            path = init_suite(ws, store, batch, force=force)
-            record = store.get_batch(batch)
+            inferred = init_suite(ws, store, batch_ids[0], force=force)
             if as_json:
-                print_json({"suite": record.dataset, "path": ws.relative(path), "batch": record.id})
+                print_json({**inferred.to_dict(), "path": ws.relative(inferred.path)})
                 return
-            console.print(
-                f"[green]wrote suite[/] {ws.relative(path)} for data set {record.dataset!r} "
-                f"from batch {record.id}; review it, then run `mlops validate {record.id}`"
-            )
+            _print_inferred(ws.relative(inferred.path), inferred)
+            console.print(f"review it, then run `mlops validate {inferred.reference_batch}`")
             return
-        if force:
-            raise MlopsError("--force only applies with --init")
-        report = validate_batch(
-            ws,
-            store,
-            batch,
-            policy=policy or params.policy,
-            min_rows=params.min_rows,
-            max_rows=params.max_rows,
-        )
+        reports = []
+        for batch_id in batch_ids:
+            report = validate_batch(
+                ws,
+                store,
+                batch_id,
+                policy=policy or params.policy,
+                min_rows=params.min_rows,
+                max_rows=params.max_rows,
+            )
+            reports.append(report)
+            if not as_json:
+                if report.suite_inferred is not None:
+                    _print_inferred(ws.relative(report.suite_inferred.path), report.suite_inferred)
+                _print_report(report)
     if as_json:
-        print_json(report.to_dict())
-    else:
-        _print_report(report)
-    if report.blocked:
-        raise ValidationFailed(report.summary())
+        print_json(reports[0].to_dict() if batch is not None else [r.to_dict() for r in reports])
+    blocked = [r for r in reports if r.blocked]
+    if blocked:
+        more = f" (+{len(blocked) - 1} more blocked batch(es))" if len(blocked) > 1 else ""
+        raise ValidationFailed(blocked[0].summary() + more)
+
+
+def _print_inferred(path: str, inferred: Any) -> None:
+    console.print(
+        f"[green]inferred suite[/] {path} for data set {inferred.dataset!r} from its first "
+        f"batch {inferred.reference_batch} ({inferred.rows} rows)",
+        highlight=False,
+    )
+    if inferred.warning:
+        err_console.print(f"[yellow]warning:[/] {inferred.warning}", highlight=False)
 
 
 def _print_report(report: Any) -> None:

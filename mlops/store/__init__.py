@@ -3,6 +3,7 @@
 from mlops.store.api import Store
 from mlops.store.records import (
     BatchRecord,
+    DatasetRecord,
     DeploymentRecord,
     DriftRecord,
     ModelRecord,
@@ -13,6 +14,7 @@ from mlops.store.records import (
 
 __all__ = [
     "BatchRecord",
+    "DatasetRecord",
     "DeploymentRecord",
     "DriftRecord",
     "ModelRecord",

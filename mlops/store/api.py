@@ -29,6 +29,7 @@ from mlops.store.models import (
 )
 from mlops.store.records import (
     BatchRecord,
+    DatasetRecord,
     DeploymentRecord,
     DriftRecord,
     ModelRecord,
@@ -106,6 +107,42 @@ class Store:
                 # Another process inserted the same name first; the retry updates its row.
                 if attempt == _RETRIES - 1:
                     raise
+
+    def create_dataset(
+        self, name: str, task: str, spec: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Record a new data set; one that exists keeps its spec. Returns (spec, created)."""
+        try:
+            with self._tx() as s:
+                row = s.get(Dataset, name)
+                if row is not None:
+                    return dict(row.spec), False
+                s.add(Dataset(name=name, task=task, spec=spec))
+                return dict(spec), True
+        except IntegrityError:
+            # Another process founded the same data set between our read and our insert.
+            return self.get_dataset_spec(name), False
+
+    def list_datasets(self) -> list[DatasetRecord]:
+        """Every data set with its batch count and newest batch time, oldest data set first."""
+        q = (
+            select(Dataset, func.count(Batch.id), func.max(Batch.created_at))
+            .outerjoin(Batch, Batch.dataset == Dataset.name)
+            .group_by(Dataset.name)
+            .order_by(Dataset.created_at, Dataset.name)
+        )
+        with self._tx() as s:
+            return [
+                DatasetRecord(
+                    name=d.name,
+                    task=d.task,
+                    spec=dict(d.spec),
+                    created_at=d.created_at,
+                    batches=int(n),
+                    last_batch_at=last,
+                )
+                for d, n, last in s.execute(q)
+            ]
 
     def get_dataset_spec(self, name: str) -> dict[str, Any]:
         with self._tx() as s:

@@ -14,6 +14,16 @@ class _Record:
 
 
 @dataclass(frozen=True)
+class DatasetRecord(_Record):
+    name: str
+    task: str
+    spec: dict[str, Any]
+    created_at: datetime
+    batches: int  # how many batches it holds
+    last_batch_at: datetime | None
+
+
+@dataclass(frozen=True)
 class BatchRecord(_Record):
     id: str
     dataset: str

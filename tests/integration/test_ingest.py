@@ -146,8 +146,16 @@ GOOD_CSV = b"a,b,label\n1,2.5,x\n2,3.5,y\n3,1.0,x\n4,0.5,y\n"
             ["--source", "csv:inputs/one.csv", "--target", "label"],
             "single class",
         ),
-        ({}, ["--source", "csv:../outside.csv", "--target", "label"], "outside the workspace"),
-        ({}, ["--source", "csv:/etc/passwd", "--target", "label"], "outside the workspace"),
+        (
+            {"inputs/good.csv": GOOD_CSV},
+            ["--source", "csv:inputs/good.csv", "--target", "label", "--dataset", "../x"],
+            "invalid data set name '../x'",
+        ),
+        (
+            {"inputs/good.csv": GOOD_CSV},
+            ["--source", "csv:inputs/good.csv", "--target", "label", "--positive-class", "z"],
+            "--positive-class 'z' is not a label",
+        ),
         ({}, ["--source", "kaggle:titanic"], "unknown source 'kaggle:titanic'"),
         ({}, ["--source", "ai4i", "--rows", "0"], "--rows must be a positive"),
         ({}, ["--source", "ai4i", "--rows", "-5"], "--rows must be a positive"),
@@ -163,8 +171,8 @@ GOOD_CSV = b"a,b,label\n1,2.5,x\n2,3.5,y\n3,1.0,x\n4,0.5,y\n"
         "empty-file",
         "missing-target",
         "single-class",
-        "escapes-workspace",
-        "absolute-outside",
+        "dataset-name-escapes",
+        "unknown-positive-class",
         "unknown-source",
         "rows-zero",
         "rows-negative",
@@ -174,11 +182,12 @@ GOOD_CSV = b"a,b,label\n1,2.5,x\n2,3.5,y\n3,1.0,x\n4,0.5,y\n"
 def test_bad_input_is_one_line_nonzero_and_writes_nothing(
     ws: Workspace,
     mlops_cli,
+    monkeypatch: pytest.MonkeyPatch,
     files: dict[str, bytes],
     args: list[str],
     message: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    (ws.root.parent / "outside.csv").write_bytes(GOOD_CSV)
+    monkeypatch.chdir(ws.root)  # source paths are relative to the current directory
     for rel, content in files.items():
         _write(ws.root / rel, content)
     result = mlops_cli("-w", ws.root, "ingest", *args)
@@ -189,9 +198,12 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(
     assert _data_files(ws) == [] and _batches(ws) == []
 
 
-def test_user_csv_is_ingested_with_inferred_task(ws: Workspace, mlops_cli) -> None:  # type: ignore[no-untyped-def]
+def test_user_csv_is_ingested_with_inferred_task(
+    ws: Workspace, mlops_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     _write(ws.root / "inputs" / "good.csv", GOOD_CSV)
-    out = mlops_cli("-w", ws.root, "ingest", "--source", "csv:inputs/good.csv", "--target", "label")
+    monkeypatch.chdir(ws.root / "inputs")  # relative to the current directory, not -w
+    out = mlops_cli("-w", ws.root, "ingest", "--source", "csv:good.csv", "--target", "label")
     assert out.exit_code == 0, out.stderr
     assert "classification" in out.stdout  # the inference is printed
     store = Store.open(ws.database_url)
@@ -207,6 +219,6 @@ def test_not_a_workspace_is_a_clear_error(tmp_path: Path, mlops_cli) -> None:  #
 
 def test_error_messages_keep_brackets(ws: Workspace, mlops_cli) -> None:  # type: ignore[no-untyped-def]
     """Column names like "Torque [Nm]" must not be eaten as console markup."""
-    _write(ws.root / "inputs" / "good.csv", GOOD_CSV)
-    out = mlops_cli("-w", ws.root, "ingest", "--source", "csv:inputs/good.csv", "--target", "[x]")
+    good = _write(ws.root / "inputs" / "good.csv", GOOD_CSV)
+    out = mlops_cli("-w", ws.root, "ingest", "--source", f"csv:{good}", "--target", "[x]")
     assert out.exit_code != 0 and "'[x]'" in out.stderr, out.stderr

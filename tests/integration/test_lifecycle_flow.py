@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from mlops.settings import Workspace
@@ -19,14 +17,6 @@ SMALL = [
     "compress.distill_epochs=3",
     "compress.latency_repeats=20",
 ]
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 def test_lifecycle_runs_every_step_and_records_lineage(ws: Workspace, prefect_server: None) -> None:

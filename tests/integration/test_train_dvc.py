@@ -116,7 +116,8 @@ def test_models_list_and_show_lineage(ws: Workspace, mlops_cli) -> None:  # type
     assert lineage["batches"][0]["validation"]["outcome"] == "passed"
     assert lineage["batches"][0]["dvc_md5"]
     assert lineage["params"]["train"]["epochs"] == 3
-    assert lineage["git"] == {"commit": None, "dirty": None}  # the fresh repo has no commit
+    # `mlops init` made the first commit; the ingested batch's .dvc file is not committed
+    assert len(lineage["git"]["commit"]) == 40 and lineage["git"]["dirty"] is True
     assert len(lineage["dvc_lock_hash"]) == 64
     assert set(lineage["outs"]) == {"prepare", "train", "evaluate"}
     assert lineage["device"] == "cpu" and lineage["duration_s"] > 0
@@ -154,7 +155,7 @@ def _fails(ws: Workspace, mlops_cli, *args: str, match: str) -> str:  # type: ig
 
 
 def test_no_validated_batch(ws: Workspace, mlops_cli) -> None:  # type: ignore[no-untyped-def]
-    _fails(ws, mlops_cli, match="no batches of data set 'ai4i'")
+    _fails(ws, mlops_cli, match="this workspace holds no data yet: ingest a batch first")
     _batch(ws, outcome="")  # ingested, never validated
     _fails(ws, mlops_cli, match="no validated batch")
 

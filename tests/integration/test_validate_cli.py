@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from mlops.settings import Workspace
@@ -88,19 +89,22 @@ def test_bad_policy_is_one_line_error(ws: Workspace, mlops_cli: Any) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_init_infers_a_suite_for_a_new_csv(ws: Workspace, mlops_cli: Any) -> None:
+def test_init_infers_a_suite_for_a_new_csv(
+    ws: Workspace, mlops_cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ws.root)  # source paths are relative to the current directory
     clean = _sensor_table(400, seed=1)
     clean.to_csv(ws.root / "sensors.csv", index=False)
     batch_id = _ingest(mlops_cli, ws, "--source", "csv:sensors.csv", "--target", "defect")
 
-    no_suite = mlops_cli("-w", ws.root, "validate", batch_id)
+    # no suite yet: the first validation infers one from the data set's first batch
+    first = mlops_cli("-w", ws.root, "validate", batch_id)
 
-    assert no_suite.exit_code == 2
-    assert "no expectation suite for data set 'sensors'" in no_suite.stderr
-    assert f"mlops validate --init {batch_id}" in no_suite.stderr
-    assert len(no_suite.stderr.strip().splitlines()) == 1
-
-    init = mlops_cli("-w", ws.root, "validate", "--init", batch_id)
+    assert first.exit_code == 0, first.stderr
+    said = " ".join(first.stdout.split())
+    suite = "inferred suite gx/expectations/sensors.json for data set 'sensors'"
+    assert f"{suite} from its first batch {batch_id}" in said
+    init = mlops_cli("-w", ws.root, "validate", "--init", batch_id, "--force")
 
     assert init.exit_code == 0, init.stderr
     suite_file = ws.gx_dir / "expectations" / "sensors.json"

@@ -37,8 +37,14 @@ def _frame() -> pd.DataFrame:
     )
 
 
-def _by(exps: list[Any], rule: str, column: str | None = None) -> Any:
-    found = [e for e in exps if e.expectation_type == rule and getattr(e, "column", None) == column]
+def _by(exps: list[Any], rule: str, column: str | None = None, risk: str | None = None) -> Any:
+    found = [
+        e
+        for e in exps
+        if e.expectation_type == rule
+        and getattr(e, "column", None) == column
+        and (risk is None or e.meta["risk"] == risk)
+    ]
     assert len(found) == 1, (rule, column, found)
     return found[0]
 
@@ -46,10 +52,10 @@ def _by(exps: list[Any], rule: str, column: str | None = None) -> Any:
 def test_inferred_range_is_widened_by_a_tenth_of_the_span() -> None:
     exps = ex.infer_expectations(_frame(), SPEC)
 
-    temp = _by(exps, "expect_column_values_to_be_between", "temp")
+    temp = _by(exps, "expect_column_values_to_be_between", "temp", "ref_range")
     assert (temp.min_value, temp.max_value) == pytest.approx((8.0, 32.0))  # 10..30, span 20
     assert temp.mostly == ex.RANGE_MOSTLY
-    count = _by(exps, "expect_column_values_to_be_between", "count")
+    count = _by(exps, "expect_column_values_to_be_between", "count", "ref_range")
     assert (count.min_value, count.max_value) == (0.0, 10.0)  # non-negative stays non-negative
 
 
@@ -75,7 +81,7 @@ def test_regression_target_gets_a_range_and_wide_text_gets_no_set() -> None:
 
     exps = ex.infer_expectations(df, spec)
 
-    label = _by(exps, "expect_column_values_to_be_between", "label")
+    label = _by(exps, "expect_column_values_to_be_between", "label", "target_range")
     assert (label.min_value, label.max_value) == pytest.approx((0.0, 1.1))
     in_set = "expect_column_values_to_be_in_set"
     assert not [e for e in exps if e.expectation_type == in_set and e.column == "grade"]
@@ -123,3 +129,43 @@ def test_summary_of_a_pass() -> None:
     text = _report(outcome="passed", success=True).summary()
 
     assert "passed" in text and "all 44 expectations met" in text
+
+
+# -- what inferred suites catch beyond ranges (bring your own data) --------------------------
+
+
+def test_every_numeric_column_must_be_finite_and_an_inf_reference_keeps_finite_ranges() -> None:
+    df = _frame().assign(temp=[10.0, 12.0, np.inf, 16.0, 18.0, 20.0, 22.0, 24.0, 26.0, 30.0])
+    exps = ex.infer_expectations(df, SPEC)
+    for col in ("temp", "count", "gappy", "label", "row_id"):
+        finite = _by(exps, "expect_column_values_to_be_between", col, "finite")
+        assert (finite.min_value, finite.max_value) == (-ex.FINITE_MAX, ex.FINITE_MAX)
+        assert finite.mostly == 1.0
+    temp = _by(exps, "expect_column_values_to_be_between", "temp", "ref_range")
+    assert (temp.min_value, temp.max_value) == pytest.approx((8.0, 32.0))  # inf left out
+    assert not [e for e in exps if e.meta["risk"] == "finite" and e.column == "grade"]
+
+
+def test_duplicate_rows_are_checked_only_without_an_id_column() -> None:
+    assert not [e for e in ex.infer_expectations(_frame(), SPEC) if e.meta["risk"] == "duplicates"]
+    no_ids = DatasetSpec("t", "classification", "label", SPEC.features, ("grade",), (), ())
+    df = _frame().drop(columns="row_id")
+    dup = _by(ex.infer_expectations(df, no_ids), "expect_compound_columns_to_be_unique")
+    assert dup.column_list == list(df.columns) and dup.mostly == 0.99  # no duplicates seen
+    repeated = pd.concat([df, df.iloc[:2]], ignore_index=True)  # 4 of 12 rows are copies
+    dup = _by(ex.infer_expectations(repeated, no_ids), "expect_compound_columns_to_be_unique")
+    assert dup.mostly == pytest.approx(1 - 2 * 4 / 12 - 0.01, abs=1e-4)
+
+
+def test_columns_with_values_in_the_reference_must_not_arrive_empty() -> None:
+    exps = ex.infer_expectations(_frame(), SPEC)
+    rule = "expect_column_proportion_of_non_null_values_to_be_between"
+    for col in _frame().columns:
+        e = _by(exps, rule, col)
+        assert (e.min_value, e.strict_min) == (0, True)
+
+
+def test_a_tiny_reference_is_warned_about() -> None:
+    assert ex.reference_warning(ex.MIN_REFERENCE_ROWS) is None
+    text = ex.reference_warning(12)
+    assert text is not None and "only 12 row(s)" in text

@@ -134,6 +134,7 @@ def test_regression_target(batch_a: pd.DataFrame) -> None:
         AI4I_SPEC,
         name="wear",
         task="regression",
+        positive_class=None,
         target="Tool wear [min]",
         features=tuple(f for f in AI4I_SPEC.features if f != "Tool wear [min]"),
     )

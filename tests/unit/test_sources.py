@@ -12,10 +12,15 @@ from pipelines.sources import (
     AI4I_SPEC,
     Ai4iDrift,
     DatasetSpec,
+    check_dataset_name,
     generate_ai4i,
     infer_spec,
+    load_table,
+    parse_decimal,
     parse_drift,
+    parse_sep,
     read_table,
+    sniff_separator,
 )
 
 # --- read_table -------------------------------------------------------------------------------
@@ -27,10 +32,11 @@ from pipelines.sources import (
         pytest.param(b"", "file is empty", id="zero-bytes"),
         pytest.param(b"\n\n  \n", r"file is empty \(blank lines only\)", id="blank-lines"),
         pytest.param(b"a,b,c\n", "no rows", id="header-only"),
-        pytest.param(b"a,b,c\n1,2,3\n4,5\n", "line 3 has 2 field", id="short-row"),
+        pytest.param(b"a,b,c\n1,2,3\n4,5\n", r"last row \(line 3\) has 2 of 3", id="short-row"),
+        pytest.param(b"a,b,c\n1,2\n4,5,6\n", "line 2 has 2 field", id="short-inner-row"),
         pytest.param(b"a,b\n1,2\n3,4,5\n", "line 3 has 3 field", id="long-row"),
         pytest.param(b"a,b\n1,2,3\n4,5,6\n", "line 2 has 3 field", id="body-wider-than-header"),
-        pytest.param(b'a,b\n"1,2\n3,4\n', "line 2 has 1 field", id="unclosed-quote"),
+        pytest.param(b'a,b\n"1,2\n3,4\n', r"\(line 2\) has 1 of 2", id="unclosed-quote"),
         pytest.param(b"a,a\n1,2\n", r"duplicate column name\(s\) a", id="duplicate-header"),
         pytest.param(b"a,b\n\xff\xfe\xfa,1\n", "not UTF-8 text", id="latin1"),
         pytest.param(b"\xff\xfea\x00,\x00b\x00\n\x00", "UTF-16", id="utf16"),
@@ -333,3 +339,139 @@ def test_generate_tiny_batches() -> None:
     # a one-row batch (e.g. a serving smoke test) must not divide by a zero sd
     assert len(generate_ai4i(1, 3)) == 1
     assert generate_ai4i(3, 3)["UDI"].tolist() == [1, 2, 3]
+
+
+# --- separators, BOMs, decimal commas, truncation (bring your own data) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "sep"),
+    [
+        pytest.param("a,b,c\n1,2,3\n4,5,6\n", ",", id="comma"),
+        pytest.param("a;b;c\n1,5;2;3\n4;5,25;6\n", ";", id="semicolon-with-decimal-commas"),
+        pytest.param("a\tb\tc\n1\t2\t3\n", "\t", id="tab"),
+        pytest.param("a|b\n1|2\n", "|", id="pipe"),
+        pytest.param('name;note\n"x";"a, b, c"\n"y";"d, e"\n', ";", id="quoted-commas"),
+        pytest.param("a,b\n1,2\n3,4\n5,", ",", id="sample-ends-mid-row"),
+        pytest.param("only\n1\n2\n", ",", id="one-column"),
+    ],
+)
+def test_sniff_separator(text: str, sep: str) -> None:
+    assert sniff_separator(text) == sep
+
+
+def test_semicolon_export_reads_like_the_comma_one(tmp_path: Path) -> None:
+    comma, semi = tmp_path / "a.csv", tmp_path / "b.csv"
+    _frame().to_csv(comma, index=False)
+    _frame().to_csv(semi, index=False, sep=";")
+    table = load_table(semi, "csv")
+    assert table.sep == ";" and table.notes() == ["delimiter: semicolon (';')"]
+    pd.testing.assert_frame_equal(table.frame, read_table(comma, "csv"))
+    assert load_table(comma, "csv").notes() == []  # a plain CSV says nothing
+
+
+def test_bom_is_sniffed_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffid;size\n1;2\n".encode())
+    table = load_table(path, "csv")
+    assert list(table.frame.columns) == ["id", "size"]  # no BOM glued to the first name
+    assert table.bom and "byte-order mark" in " ".join(table.notes())
+
+
+def test_decimal_comma_is_an_error_naming_the_column_unless_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "de.csv"
+    path.write_text("Temperatur [°C];Menge\n21,5;3\n-0,25;4\n19;5\n")
+    with pytest.raises(MlopsError, match=r"column 'Temperatur \[°C\]'.*decimal comma.*--decimal ,"):
+        read_table(path, "csv")
+    table = load_table(path, "csv", decimal=",")
+    assert table.frame["Temperatur [°C]"].tolist() == [21.5, -0.25, 19.0]
+    assert "decimal mark: ','" in table.notes()
+
+
+def test_decimal_comma_with_comma_separator_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(MlopsError, match="decimal comma needs another separator"):
+        read_table(path, "csv", sep=",", decimal=",")
+
+
+def test_sep_override_wins_over_sniffing(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("a;b,c\n1;2,3\n")
+    assert list(read_table(path, "csv", sep=",").columns) == ["a;b", "c"]
+    assert list(read_table(path, "csv").columns) == ["a;b", "c"]  # comma wins the tie
+
+
+def test_truncated_last_row_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "cut.csv"
+    path.write_text("a,b,c\n1,2,3\n4,5,6\n7,8")
+    with pytest.raises(MlopsError, match=r"the last row \(line 4\) has 2 of 3 fields.*truncated"):
+        read_table(path, "csv")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("tab", "\t"), ("\\t", "\t"), ("semicolon", ";"), (";", ";"), ("COMMA", ","), (None, None)],
+)
+def test_parse_sep(given: str | None, expected: str | None) -> None:
+    assert parse_sep(given) == expected
+
+
+def test_parse_sep_and_decimal_refuse_the_unknown() -> None:
+    with pytest.raises(MlopsError, match="--sep ':'"):
+        parse_sep(":")
+    with pytest.raises(MlopsError, match="--decimal 'x'"):
+        parse_decimal("x")
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "a/b", "a\\b", "..", ".hidden", "", "x" * 129, "a..b", "na me"]
+)
+def test_dataset_names_that_would_escape_or_break_paths_are_refused(name: str) -> None:
+    with pytest.raises(MlopsError, match="invalid data set name"):
+        check_dataset_name(name)
+
+
+@pytest.mark.parametrize("name", ["plant", "Plant_7", "sales-2024.v2", "2024"])
+def test_good_dataset_names(name: str) -> None:
+    assert check_dataset_name(name) == name
+
+
+# --- the positive class -----------------------------------------------------------------------
+
+
+def _labels(values: list[object]) -> pd.DataFrame:
+    return pd.DataFrame({"x": range(len(values)), "y": values})
+
+
+def test_positive_class_defaults_to_the_minority_class() -> None:
+    spec, _ = infer_spec(_labels([0, 0, 0, 1]), "d", "y", None, WHERE)
+    assert spec.positive_class == 1
+    spec, _ = infer_spec(_labels(["ok", "churn", "churn", "churn"]), "d", "y", None, WHERE)
+    assert spec.positive_class == "ok"  # minority, even where it is not "1"
+
+
+def test_positive_class_given_matches_labels_as_text() -> None:
+    spec, _ = infer_spec(_labels([0, 0, 0, 1]), "d", "y", None, WHERE, positive_class="0")
+    assert spec.positive_class == 0 and isinstance(spec.positive_class, int)
+
+
+@pytest.mark.parametrize(
+    ("values", "task", "given", "match"),
+    [
+        ([0, 0, 1], None, "2", r"--positive-class '2' is not a label of 'y' \(labels: 0, 1\)"),
+        ([0, 1, 2, 1], None, "1", "applies to a binary target; 'y' has 3 classes"),
+        ([0.5, 1.5, 2.5, 3.5], "regression", "1", "applies to classification only"),
+    ],
+)
+def test_bad_positive_class(values: list[object], task: str | None, given: str, match: str) -> None:
+    with pytest.raises(MlopsError, match=match):
+        infer_spec(_labels(values), "d", "y", task, WHERE, positive_class=given)
+
+
+def test_multiclass_has_no_positive_class_and_old_specs_still_load() -> None:
+    spec, _ = infer_spec(_labels([0, 1, 2, 1]), "d", "y", None, WHERE)
+    assert spec.positive_class is None
+    old = {k: v for k, v in AI4I_SPEC.to_dict().items() if k != "positive_class"}
+    assert DatasetSpec.from_dict(old).positive_class is None
+    assert DatasetSpec.from_dict(AI4I_SPEC.to_dict()).positive_class == 1

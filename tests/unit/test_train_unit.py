@@ -80,6 +80,20 @@ def test_evaluate_scores_classification() -> None:
     assert m["confusion_matrix"] == [[3, 0], [0, 2]]
 
 
+def test_evaluate_scores_follow_the_spec_positive_class_not_the_split_minority() -> None:
+    # The data set's positive class is "churn"; in this test split it happens to be the
+    # majority. Precision, recall and F1 must still be about "churn".
+    y = np.array(["churn", "churn", "churn", "stay"], dtype=object)
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])  # classes: churn, stay
+    m = evaluate_scores("classification", y, scores, ["churn", "stay"], positive="churn")
+    assert m["positive_class"] == "churn"
+    assert m["recall"] == pytest.approx(2 / 3) and m["precision"] == 1.0
+    default = evaluate_scores("classification", y, scores, ["churn", "stay"])
+    assert default["positive_class"] == "stay"  # without a spec: the split's minority
+    with pytest.raises(MlopsError, match="positive class 'x' is not among"):
+        evaluate_scores("classification", y, scores, ["churn", "stay"], positive="x")
+
+
 def test_evaluate_scores_regression() -> None:
     m = evaluate_scores("regression", np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]), [])
     assert m["rmse"] == pytest.approx(math.sqrt(1 / 3))
@@ -125,7 +139,7 @@ def test_loss_falls(data: PreparedData) -> None:
 
 def test_regression_trains(data: PreparedData) -> None:
     spec = replace(
-        AI4I_SPEC, name="torque", task="regression", target="Torque [Nm]",
+        AI4I_SPEC, name="torque", task="regression", target="Torque [Nm]", positive_class=None,
         features=tuple(f for f in AI4I_SPEC.features if f != "Torque [Nm]"),
     )  # fmt: skip
     frames = {"b": generate_ai4i(800, seed=5)}
