@@ -17,6 +17,16 @@ console = Console()
 err_console = Console(stderr=True)
 
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
+# How to read a user's file and what it means: `mlops ingest` and `mlops run` take the same.
+TargetOption = typer.Option(None, "--target", help="Label column (a new data set).")
+TaskOption = typer.Option(None, "--task", help="classification or regression (a new data set).")
+PositiveClassOption = typer.Option(
+    None, "--positive-class", help="Label whose F1/PR-AUC are reported (default: minority)."
+)
+SepOption = typer.Option(
+    None, "--sep", help="CSV separator: comma, semicolon, tab or pipe (default: sniffed)."
+)
+DecimalOption = typer.Option(None, "--decimal", help="Decimal mark of a CSV: '.' or ','.")
 
 
 def workspace(ctx: typer.Context) -> Workspace:

@@ -9,7 +9,12 @@ import typer
 from rich.markup import escape
 
 from mlops.cli.common import (
+    DecimalOption,
     JsonOption,
+    PositiveClassOption,
+    SepOption,
+    TargetOption,
+    TaskOption,
     console,
     open_store,
     print_json,
@@ -46,21 +51,17 @@ def ingest(
     rows: int = typer.Option(None, "--rows", help="Rows to generate (ai4i)."),
     seed: int = typer.Option(None, "--seed", help="Random seed (ai4i)."),
     drift: str = typer.Option(None, "--drift", help="ai4i drift knobs, e.g. ambient_shift_k=5."),
-    target: str = typer.Option(None, "--target", help="Label column (a new data set)."),
-    task: str = typer.Option(None, "--task", help="classification or regression (a new data set)."),
+    target: str = TargetOption,
+    task: str = TaskOption,
     dataset: str = typer.Option(
         None,
         "--dataset",
         help="Data set to add the batch to or to start (default: the workspace's data set, "
         "else the file name).",
     ),
-    positive_class: str = typer.Option(
-        None, "--positive-class", help="Label whose F1/PR-AUC are reported (default: minority)."
-    ),
-    sep: str = typer.Option(
-        None, "--sep", help="CSV separator: comma, semicolon, tab or pipe (default: sniffed)."
-    ),
-    decimal: str = typer.Option(None, "--decimal", help="Decimal mark of a CSV: '.' or ','."),
+    positive_class: str = PositiveClassOption,
+    sep: str = SepOption,
+    decimal: str = DecimalOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Ingest a batch: write it under data/raw/, version it with DVC, record it in the store."""

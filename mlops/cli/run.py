@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from mlops.cli.common import JsonOption, console, open_store, print_json, print_table, workspace
+from mlops.cli.common import (
+    DecimalOption,
+    JsonOption,
+    PositiveClassOption,
+    SepOption,
+    TargetOption,
+    TaskOption,
+    console,
+    open_store,
+    print_json,
+    print_table,
+    workspace,
+)
 from mlops.errors import MlopsError
 
 
@@ -17,16 +29,14 @@ def run(
         help="ai4i, csv:PATH or parquet:PATH to ingest first (default: the workspace's data "
         "set's newest batch; the built-in source in an empty workspace).",
     ),
-    target: str = typer.Option(None, "--target", help="Label column (a new data set)."),
-    task: str = typer.Option(None, "--task", help="classification or regression (a new data set)."),
+    target: str = TargetOption,
+    task: str = TaskOption,
     dataset: str = typer.Option(
         None, "--dataset", help="Data set to ingest into or run on (when there are several)."
     ),
-    positive_class: str = typer.Option(
-        None, "--positive-class", help="Label whose F1/PR-AUC are reported (default: minority)."
-    ),
-    sep: str = typer.Option(None, "--sep", help="CSV separator (default: sniffed)."),
-    decimal: str = typer.Option(None, "--decimal", help="Decimal mark of a CSV: '.' or ','."),
+    positive_class: str = PositiveClassOption,
+    sep: str = SepOption,
+    decimal: str = DecimalOption,
     overrides: list[str] = typer.Option(
         None, "--set", help="Override a parameter for this run: section.key=value."
     ),
@@ -34,8 +44,8 @@ def run(
 ) -> None:
     """Run the lifecycle flow (ingest -> validate -> train -> evaluate -> compress) with Prefect.
 
-    Options are checked, and a source is read once, before the Prefect server starts: a bad
-    option is a one-line error, not a flow run that fails.
+    Every option is checked, and a source file read, before the Prefect server starts: a bad
+    option is a one-line error, not a flow run that fails. (The flow reads the file again.)
     """
     from mlops.cli.data import print_loaded, source_request
     from mlops.params import load_params

@@ -56,6 +56,15 @@ def regression_frame(n: int = 1200, seed: int = 1) -> pd.DataFrame:
     return df
 
 
+@pytest.fixture
+def fresh(tmp_path: Path, mlops_cli) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    """An exports folder and, beside it (so outside it), a new workspace."""
+    exports, root = tmp_path / "exports", tmp_path / "ws"
+    exports.mkdir()
+    assert mlops_cli("init", root).exit_code == 0
+    return exports, root
+
+
 def _store(ws_root: Path) -> Store:
     return Store.open(f"sqlite:///{ws_root / '.mlops' / 'mlops.db'}")
 
@@ -123,13 +132,11 @@ def _mlops_process(*args: str | Path, prefect_server: bool = True) -> _Ran:
 @pytest.mark.parametrize("kind", ["classification-csv", "regression-parquet"])
 def test_mlops_run_on_a_file_outside_the_workspace_then_plain_run_stays_on_it(
     kind: str,
-    tmp_path: Path,
+    fresh: tuple[Path, Path],
     mlops_cli,  # type: ignore[no-untyped-def]
     prefect_server: None,
 ) -> None:
-    exports, root = tmp_path / "exports", tmp_path / "ws"
-    exports.mkdir()
-    assert mlops_cli("init", root).exit_code == 0
+    exports, root = fresh
     if kind == "classification-csv":
         name, target, frame = "plant", "failed", classification_frame()
         source = exports / "plant.csv"
@@ -180,13 +187,11 @@ def test_mlops_run_on_a_file_outside_the_workspace_then_plain_run_stays_on_it(
 @pytest.mark.parametrize("kind", ["classification-parquet", "regression-csv"])
 def test_step_by_step_from_a_relative_path_outside_the_workspace(
     kind: str,
-    tmp_path: Path,
+    fresh: tuple[Path, Path],
     monkeypatch: pytest.MonkeyPatch,
     mlops_cli,  # type: ignore[no-untyped-def]
 ) -> None:
-    exports, root = tmp_path / "exports", tmp_path / "ws"
-    exports.mkdir()
-    assert mlops_cli("init", root).exit_code == 0
+    exports, root = fresh
     if kind == "classification-parquet":
         name, target, frame = "plant", "failed", classification_frame()
         classification_frame().iloc[:900].to_parquet(exports / "plant.parquet", index=False)
@@ -258,12 +263,10 @@ def _train_refuses_non_finite_before_rewriting_anything(
 
 
 def test_exports_of_one_data_set_join_it_and_bad_ones_fail_naming_column_and_rule(
-    tmp_path: Path,
+    fresh: tuple[Path, Path],
     mlops_cli,  # type: ignore[no-untyped-def]
 ) -> None:
-    exports, root = tmp_path / "exports", tmp_path / "ws"
-    exports.mkdir()
-    assert mlops_cli("init", root).exit_code == 0
+    exports, root = fresh
     frame = classification_frame()
     frame.iloc[:400].to_csv(exports / "plant.csv", index=False)
     first = mlops_cli(
@@ -329,12 +332,10 @@ def test_exports_of_one_data_set_join_it_and_bad_ones_fail_naming_column_and_rul
 
 
 def test_text_labels_fail_where_the_reference_had_integers_in_set_too(
-    tmp_path: Path,
+    fresh: tuple[Path, Path],
     mlops_cli,  # type: ignore[no-untyped-def]
 ) -> None:
-    exports, root = tmp_path / "exports", tmp_path / "ws"
-    exports.mkdir()
-    assert mlops_cli("init", root).exit_code == 0
+    exports, root = fresh
     frame = classification_frame(600)
     frame.iloc[:300].to_csv(exports / "a.csv", index=False)
     assert (
