@@ -586,7 +586,11 @@ def _refuse_decimal_commas(frame: pd.DataFrame, where: str) -> None:
         if s.dtype != object:
             continue
         values = s.dropna().astype(str)
-        if values.empty:
+        head = values.iloc[:1000]  # a text column shows itself early: skip the full scan
+        if (
+            values.empty
+            or not (head.str.fullmatch(_DECIMAL_COMMA) | head.str.fullmatch(_PLAIN_NUMBER)).all()
+        ):
             continue
         comma = values.str.fullmatch(_DECIMAL_COMMA)
         if comma.any() and (comma | values.str.fullmatch(_PLAIN_NUMBER)).all():

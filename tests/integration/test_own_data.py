@@ -293,7 +293,16 @@ def test_exports_of_one_data_set_join_it_and_bad_ones_fail_naming_column_and_rul
         batch = ingest(file, *(["--decimal", ","] if file == "excel-de.csv" else []))
         passed = mlops_cli("-w", root, "validate", batch["id"])
         assert passed.exit_code == 0, f"{file}: {passed.stderr}"
-        assert batch["notes"] == [] or "joining data set 'plant'" in batch["notes"][-1]
+        # how it was read is said; and that it joined the workspace's data set
+        said = " | ".join(batch["notes"])
+        assert "joining data set 'plant'" in said, said
+        expected = {
+            "semicolon.csv": ["delimiter: semicolon (';')"],
+            "excel-de.csv": ["delimiter: semicolon (';')", "decimal mark: ','"],
+            "bom.csv": ["encoding: UTF-8 with a byte-order mark"],
+            "reordered.csv": [],
+        }[file]
+        assert batch["notes"][:-1] == expected, said
 
     rows = frame.iloc[1600:1900]
     with_inf = rows.copy()
