@@ -113,16 +113,25 @@ def compress_task(ws: Workspace, params: Params, ref: str) -> dict[str, Any]:
     from pipelines.compress import compress_and_register
 
     with Store.open(ws.database_url) as store:
-        report, child = compress_and_register(ws, store, ref, params.compress, params.evaluate)
+        done = compress_and_register(ws, store, ref, params.compress, params.evaluate)
+    child, report = done.child, done.report
+    table = (
+        str(report.csv_path)
+        if report
+        else child.lineage.get("compression_report", "")
+        if child
+        else ""
+    )
     if child is None:
-        reason = f"no variant within {params.compress.max_quality_drop} of {report.primary_metric}"
-        return {"model": None, "reason": reason, "table": str(report.csv_path)}
+        return {"model": None, "reason": "no variant within the quality tolerance", "table": table}
     return {
-        "table": str(report.csv_path),
+        "table": table,
         "model": child.ref,
         "stage": child.stage,
+        "reused": done.reused,
         "method": child.method.get("method", ""),
         "runtime": child.runtime,
+        "gate": child.decision.get("reason", ""),
     }
 
 

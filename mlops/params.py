@@ -72,6 +72,15 @@ class EvaluateParams(_Section):
     primary_metric_regression: Literal["rmse", "mae", "r2"] = "rmse"
     # A challenger must beat production (or, with none, the baseline) by at least this much.
     margin: float = Field(0.0, ge=0)
+    # significant: the 95% paired-bootstrap interval's lower bound must clear the margin;
+    # point: the point improvement must. auto: significant against production, point against
+    # the baseline or (a compressed child) its parent.
+    rule: Literal["auto", "significant", "point"] = "auto"
+    bootstrap_samples: int = Field(1000, ge=100)
+    # Fewer test rows (or, for a binary target, positives) than this: "inconclusive".
+    min_test_rows: int = Field(50, ge=1)
+    min_positives: int = Field(10, ge=1)
+    seed: int = 0
 
 
 class CompressParams(_Section):
@@ -94,8 +103,12 @@ class CompressParams(_Section):
     class_weighting: bool = True
     # Classification: the chosen variant must predict the parent's class on this share of rows.
     min_agreement: float = Field(0.99, ge=0, le=1)
-    # Regression: a prediction "agrees" within this many target standard deviations.
+    # Regression: a prediction "agrees" within this many target standard deviations ...
     regression_agreement: float = Field(0.05, gt=0)
+    # ... and the chosen variant must agree with the parent on this share of rows,
+    regression_min_agreement: float = Field(0.95, ge=0, le=1)
+    # and lose at most this fraction of the parent's metric (0.02: RMSE up by at most 2%).
+    regression_relative_drop: float = Field(0.02, ge=0)
 
 
 class Params(_Section):

@@ -11,10 +11,12 @@ Every variant, and the parent as the reference, is measured on the same inputs w
 thread per runtime: file size, parameter count, latency at batch 1 and 64, throughput, the
 metrics on the parent's test split, the primary metric's drop and prediction agreement.
 
-The choice rule: a variant passes when its primary-metric drop is at most
-`max_quality_drop` (plus float noise, `METRIC_EPS`), for classification its predicted class
-agrees with the parent's on at least `min_agreement` of the test rows, and it is smaller x
-faster than the parent (cost < 1). Among those that pass, the lowest cost wins, where
+The choice rule: a variant passes when its primary-metric drop is within the task's tolerance
+(classification: `max_quality_drop` points; regression: `regression_relative_drop` of the
+parent's value; plus float noise, `METRIC_EPS`), it agrees with the parent on enough test rows
+(classification: the same class on `min_agreement`; regression: within `regression_agreement`
+target standard deviations on `regression_min_agreement`), and it is smaller x faster than the
+parent (cost < 1). Among those that pass, the lowest cost wins, where
     cost = (latency at batch 64 / parent's) x (file size / parent's)
 so halving either counts the same; ties go to the faster, then the smaller one. No variant
 beyond the tolerance is ever chosen: with none passing there is no choice.
@@ -47,6 +49,7 @@ from mlops.store import ModelRecord, Store
 from pipelines import compress_methods as cm
 from pipelines.compress_report import RULE, CompressionReport, VariantResult, plot_tradeoff
 from pipelines.evaluate import evaluate_predictor, evaluate_scores, primary_metric
+from pipelines.gate import gate
 from pipelines.model import (
     MLP,
     ModelConfig,
@@ -254,20 +257,33 @@ def measure(
 # -- choosing -------------------------------------------------------------------------------
 
 
+def quality_tolerance(params: CompressParams, task: str, parent_value: float | None) -> float:
+    """How much of the primary metric a variant may lose: points of the metric for
+    classification; a fraction of the parent's value for regression (RMSE has the target's
+    unit, so an absolute tolerance means nothing across data sets)."""
+    if task == "classification":
+        return params.max_quality_drop
+    return params.regression_relative_drop * abs(parent_value or 0.0)
+
+
 def choose(
     results: list[VariantResult], task: str, metric: str, params: CompressParams
 ) -> tuple[list[VariantResult], str | None]:
     """Mark each variant passed or rejected (with why) and pick the winner; see the module doc."""
     parent, out = results[0], [replace(results[0], status="parent", reason="reference")]
     passed: list[VariantResult] = []
+    allowed = quality_tolerance(params, task, parent.primary)
+    min_agreement = (
+        params.min_agreement if task == "classification" else params.regression_min_agreement
+    )
     for r in results[1:]:
         why = []
         if r.drop is None or parent.primary is None:
             why.append(f"{metric} undefined on the test split")
-        elif r.drop > params.max_quality_drop + METRIC_EPS:
-            why.append(f"{metric} drop {r.drop:.4f} > {params.max_quality_drop:.4f}")
-        if task == "classification" and r.agreement < params.min_agreement:
-            why.append(f"agreement {r.agreement:.2%} < {params.min_agreement:.0%}")
+        elif r.drop > allowed + METRIC_EPS:
+            why.append(f"{metric} drop {r.drop:.4f} > {allowed:.4f}")
+        if r.agreement < min_agreement:
+            why.append(f"agreement {r.agreement:.2%} < {min_agreement:.0%}")
         if r.cost >= 1.0:
             why.append(f"cost {r.cost:.2f} >= 1: not smaller x faster than the parent")
         r = replace(r, status="rejected" if why else "passed", reason="; ".join(why))
@@ -373,6 +389,25 @@ def default_ref(store: Store, dataset: str | None = None) -> str:
     return trained[-1].ref
 
 
+@dataclass(frozen=True)
+class Compressed:
+    """What `compress_and_register` did: the report (None when an existing child was reused),
+    the child (None when no variant passed) and whether it was reused."""
+
+    report: CompressionReport | None
+    child: ModelRecord | None
+    reused: bool = False
+
+
+def existing_child(store: Store, parent: ModelRecord, params: CompressParams) -> ModelRecord | None:
+    """The child already compressed from `parent` with these very params, if any."""
+    wanted = params.model_dump(mode="json")
+    for m in reversed(store.list_models(name=parent.name)):
+        if m.parent_id == parent.id and m.lineage.get("params", {}).get("compress") == wanted:
+            return m
+    return None
+
+
 def compress_and_register(
     ws: Workspace,
     store: Store,
@@ -381,14 +416,18 @@ def compress_and_register(
     eval_params: EvaluateParams,
     *,
     progress: Progress | None = None,
-) -> tuple[CompressionReport, ModelRecord | None]:
-    """Compress model version `ref` and register the chosen variant as its child version.
+) -> Compressed:
+    """Compress model version `ref`, register the chosen variant as its child, and gate it.
 
-    Returns the report and the child, or None when no variant passed: then nothing is
-    registered. The parent's stage never changes; the child is `staging` when the parent is
-    staging or production, else `candidate`.
+    The child is a candidate like any other: the gate stages it when it beats production (or,
+    with none, stays within the quality tolerance of its parent); the child of a rejected
+    parent is rejected. The same parent with the same compress params reuses its child: no new
+    version. With no variant passing, nothing is registered.
     """
     parent = store.get_model(ref)
+    reused = existing_child(store, parent, params)
+    if reused is not None:
+        return Compressed(None, reused, reused=True)
     parent_dir = Path(parent.path)
     parent_dir = parent_dir if parent_dir.is_absolute() else ws.root / parent_dir
     prepared_dir = parent_dir / "prepared"
@@ -398,7 +437,7 @@ def compress_and_register(
     report = compress_model(parent_dir, prepared, params, eval_params, out_dir, progress=progress)
     best = report.chosen_result
     if best is None:
-        return report, None
+        return Compressed(report, None)
 
     child_dir = ws.models_dir / parent.name / f"compress-{parent.version}-{best.name}-{stamp}"
     try:
@@ -424,17 +463,17 @@ def compress_and_register(
             "speedup_b64": p.latency_b64_us / best.latency_b64_us,
             "speedup_b1": p.latency_b1_us / best.latency_b1_us,
         }  # fmt: skip
+        compression = {
+            "chosen": best.name, "row": best.row(report.primary_metric), "why": best.reason,
+            "rule": RULE, "tolerance": quality_tolerance(params, report.task, p.primary),
+            "table": [v.row(report.primary_metric) for v in report.variants],
+        }  # fmt: skip
         lineage = {
             **parent.lineage, "parent": parent.ref, "parent_id": parent.id,
             "parent_path": parent.path, "compression_report": str(out_dir),
             "params": {**parent.lineage.get("params", {}),
                        "compress": params.model_dump(mode="json")},
-        }  # fmt: skip
-        decision = {
-            "chosen": best.name, "row": best.row(report.primary_metric), "why": best.reason,
-            "rule": RULE,
-            "max_quality_drop": params.max_quality_drop, "min_agreement": params.min_agreement,
-            "table": [v.row(report.primary_metric) for v in report.variants],
+            "compression": compression,
         }  # fmt: skip
         child = store.register_model(
             name=parent.name,
@@ -446,10 +485,9 @@ def compress_and_register(
             batch_ids=parent.batch_ids,
             parent_id=parent.id,
             method={"kind": "compress", **best.method, "variant": best.name},
-            stage="staging" if parent.stage in ("staging", "production") else "candidate",
-            decision=decision,
         )
     except BaseException:
         shutil.rmtree(child_dir, ignore_errors=True)
         raise
-    return report, child
+    tolerance = quality_tolerance(params, report.task, report.parent.primary)
+    return Compressed(report, gate(ws, store, child, eval_params, parent_tolerance=tolerance))

@@ -1,10 +1,9 @@
-"""Registry: pick the batches, run the DVC pipeline, register the model version, run the gate.
+"""Registry: pick the batches, run the DVC pipeline, register the model version, gate it.
 
 `train_and_register` is what `mlops train` and the Prefect flow call. Every trained model becomes
-a version in stage `candidate`; the gate then moves it to `staging` only if it beats the current
-production model on the candidate's own test split (or, with no production model, the baseline)
-by `evaluate.margin`, and to `rejected` otherwise. The numbers that decided are kept with it.
-Production is a person's decision: `promote` (`mlops models promote`) makes it.
+a version in stage `candidate`; the gate (`pipelines/gate.py`) then moves it to `staging` or
+`rejected`, or leaves it a candidate when the evidence is too thin, with the numbers that
+decided. Production is a person's decision: `mlops models promote` makes it.
 """
 
 from __future__ import annotations
@@ -27,20 +26,19 @@ from filelock import FileLock
 
 from mlops.errors import MlopsError
 from mlops.io import atomic_write_json, atomic_write_text
-from mlops.params import EvaluateParams, Params, load_params, parse_overrides
+from mlops.params import Params, load_params, parse_overrides
 from mlops.settings import OFFLINE_ENV, Workspace
 from mlops.store import BatchRecord, ModelRecord, Store
 from mlops.workspace import ensure_pipeline
 from pipelines.datasets import resolve_dataset
-from pipelines.evaluate import evaluate_predictor, load_report, primary_metric
-from pipelines.model import load_predictor
-from pipelines.prepare import check_finite, load_prepared
+from pipelines.evaluate import load_report
+from pipelines.gate import NUMBERS, gate
+from pipelines.prepare import check_finite
 from pipelines.sources import DatasetSpec
 from pipelines.train import resolve_device
 
 Echo = Callable[[str], None]
 LOCK_TIMEOUT_S = 3600
-PROMOTABLE = ("staging", "production", "archived")
 
 
 @dataclass(frozen=True)
@@ -81,12 +79,6 @@ class Artifacts:
 def checkpoint_dir(ws: Workspace) -> Path:
     # Machine state, not a DVC out: `dvc repro` deletes outs before a stage runs.
     return ws.home / "checkpoints"
-
-
-def model_dir(record: ModelRecord) -> Path:
-    """The save_model directory of a version: `<path>/model`, or `<path>` itself."""
-    path = Path(record.path)
-    return path / "model" if (path / "model" / "manifest.json").is_file() else path
 
 
 # -- selection ------------------------------------------------------------------------------
@@ -318,92 +310,6 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
-def _beats(candidate: float, reference: float, higher: bool, margin: float) -> bool:
-    return candidate - reference > margin if higher else reference - candidate > margin
-
-
-def gate(
-    ws: Workspace, store: Store, candidate: ModelRecord, params: EvaluateParams
-) -> ModelRecord:
-    """Stage the candidate if it beats production on ITS test split (or, lacking production, the
-    baseline) by `params.margin`; reject it otherwise. Returns the updated record."""
-    task = candidate.metrics["task"]
-    metric, higher = primary_metric(task, params)
-    decision: dict[str, Any] = {
-        "metric": metric,
-        "higher_is_better": higher,
-        "margin": params.margin,
-    }
-    cand_dir = Path(candidate.path)
-    prod = store.production_model(candidate.name)
-    try:
-        if prod is not None and prod.id != candidate.id:
-            # Production is scored anew on the candidate's own test split: its stored metrics
-            # come from another split and would compare apples with pears.
-            test = load_prepared(cand_dir / "prepared").test
-            prod_metrics = evaluate_predictor(load_predictor(model_dir(prod)), test)
-            cand_metrics = evaluate_predictor(load_predictor(model_dir(candidate)), test)
-            decision.update(
-                against="production",
-                against_ref=prod.ref,
-                reference_metrics={k: prod_metrics.get(k) for k in _NUMBERS},
-            )
-            cand_value, ref_value = cand_metrics.get(metric), prod_metrics.get(metric)
-        else:
-            decision.update(against="baseline", against_ref=None)
-            cand_value = candidate.metrics.get(metric)
-            ref_value = candidate.metrics.get("baseline", {}).get(metric)
-        decision.update(
-            candidate=cand_value,
-            reference=ref_value,
-            test_split={
-                "rows": candidate.lineage.get("rows", {}).get("test"),
-                "md5": candidate.lineage.get("test_split_md5"),
-            },
-        )
-        if cand_value is None or ref_value is None:
-            passed = False
-            decision["reason"] = f"{metric} is undefined on this test split"
-        else:
-            decision["delta"] = cand_value - ref_value
-            passed = _beats(cand_value, ref_value, higher, params.margin)
-            verb = "beats" if passed else "does not beat"
-            decision["reason"] = (
-                f"{metric} {cand_value:.4f} {verb} {decision['against']} "
-                f"{ref_value:.4f} by more than {params.margin}"
-            )
-    except MlopsError as exc:
-        # A production model that cannot score this data (new columns, lost files) cannot be
-        # beaten on it: the candidate waits for a person, it is not staged silently.
-        passed, decision["reason"] = False, f"could not compare with production: {exc}"
-    decision["passed"] = passed
-    stage = "staging" if passed else "rejected"
-    return store.set_stage(
-        candidate.id, stage, reason=decision["reason"], actor="gate", decision=decision
-    )
-
-
-_NUMBERS = ("pr_auc", "roc_auc", "f1", "precision", "recall", "accuracy", "rmse", "mae", "r2")
-
-
-def promote(
-    store: Store, ref: str, stage: str, *, reason: str = "", actor: str = ""
-) -> ModelRecord:
-    """A release manager's move: staging -> production (the old production is archived), or
-    any version -> staging / archived."""
-    if stage not in PROMOTABLE:
-        raise MlopsError(f"cannot promote to {stage!r}: one of {', '.join(PROMOTABLE)}")
-    record = store.get_model(ref)
-    if record.stage == stage:
-        raise MlopsError(f"{record.ref} is already in {stage}")
-    if stage == "production" and record.stage != "staging":
-        raise MlopsError(
-            f"{record.ref} is {record.stage}: only a staging version goes to production "
-            f"(move it to staging first, with a --reason)"
-        )
-    return store.set_stage(record.id, stage, reason=reason or f"promoted to {stage}", actor=actor)
-
-
 # -- the whole path -------------------------------------------------------------------------
 
 
@@ -505,5 +411,5 @@ def _identity(outs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _run_metrics(record: ModelRecord) -> dict[str, Any]:
     return {
         "model": record.ref,
-        **{k: record.metrics.get(k) for k in _NUMBERS if k in record.metrics},
+        **{k: record.metrics.get(k) for k in NUMBERS if k in record.metrics},
     }

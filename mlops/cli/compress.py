@@ -41,26 +41,46 @@ def compress(
     with open_store(ws) as store:
         if ref is None:
             ref = default_ref(store, dataset)
-        report, child = compress_and_register(
+        done = compress_and_register(
             ws, store, ref, params.compress, params.evaluate, progress=progress
         )
+    child, report = done.child, done.report
+    if done.reused:
+        assert child is not None
+        if as_json:
+            print_json({"report": None, "registered": child.to_dict(), "reused": True})
+        else:
+            console.print(
+                f"[yellow]reused[/] {child.ref} (stage {child.stage}): {ref} was already "
+                "compressed with these compress params; nothing new registered",
+                highlight=False,
+            )
+        return
+    assert report is not None
     if as_json:
-        print_json({"report": report.to_dict(), "registered": child.to_dict() if child else None})
+        print_json(
+            {
+                "report": report.to_dict(),
+                "registered": child.to_dict() if child else None,
+                "reused": False,
+            }
+        )
     else:
         console.print(report_table(report, width=console.width))
         console.print(f"table {report.csv_path}\nplot  {report.plot_path}", highlight=False)
     if child is None:
         p = report.parent
         raise NoVariantPassed(
-            f"no variant of {ref} stays within {report.primary_metric} drop "
-            f"{report.max_quality_drop:g} (parent {report.primary_metric} {p.primary}); "
-            f"nothing registered (table: {report.csv_path})"
+            f"no variant of {ref} stays within the {report.primary_metric} tolerance "
+            f"(parent {report.primary_metric} {p.primary}); nothing registered "
+            f"(table: {report.csv_path})"
         )
     if not as_json:
         best = report.chosen_result
         assert best is not None
         console.print(
-            f"[green]registered[/] [bold]{child.ref}[/] ({best.name}, runtime {child.runtime}, "
-            f"stage {child.stage}) as a child of {ref}: {best.reason}",
+            f"[green]registered[/] [bold]{child.ref}[/] ({best.name}, runtime {child.runtime}) "
+            f"as a child of {ref}: {best.reason}",
             highlight=False,
         )
+        console.print(f"  gate: {child.stage}: {child.decision.get('reason')}", highlight=False)

@@ -262,9 +262,9 @@ def models_show(ctx: typer.Context, ref: str, as_json: bool = JsonOption) -> Non
     if m.decision:
         p("[bold]gate decision[/]")
         for key, value in m.decision.items():
-            if key not in ("table", "row"):  # compression's variant table is drawn below
+            if key not in ("reference_metrics",):
                 p(f"  {key}: {value}", highlight=False)
-        table = m.decision.get("table")
+        table = (m.lineage.get("compression") or {}).get("table")
         if isinstance(table, list) and table and isinstance(table[0], dict):
             cols = [c for c in _VARIANT_COLUMNS if c in table[0]]
             print_table("variants measured", cols, [[r.get(c) for c in cols] for r in table])
@@ -296,12 +296,13 @@ def models_show(ctx: typer.Context, ref: str, as_json: bool = JsonOption) -> Non
     for e in history:
         p(
             f"  {short_time(e.created_at)}  {e.from_stage or '-'} -> {e.to_stage}  "
-            f"{e.actor or ''}  {e.reason}",
+            f"({e.action or '-'})  {e.actor or ''}  {e.reason}",
             highlight=False,
         )
 
 
 _SHOWN = {
+    "compression",
     "batches",
     "git",
     "dvc_lock_hash",
@@ -321,15 +322,41 @@ def models_promote(
     ref: str,
     to: str = typer.Option(..., "--to", help="production, staging or archived."),
     reason: str = typer.Option("", "--reason", help="Why: kept in the stage history."),
+    override: bool = typer.Option(
+        False, "--override", help="Overrule the gate (needs --reason; recorded as an override)."
+    ),
 ) -> None:
-    """Move a model version: staging -> production archives the previous production version."""
-    from pipelines.registry import promote
+    """Move a model version: staging -> production archives the previous production version.
+
+    Only what the gate staged goes to production; a rejected, never-gated or archived version
+    reaches staging or production only with --override --reason TEXT.
+    """
+    from pipelines.gate import promote
 
     ws = workspace(ctx)
     with open_store(ws) as store:
         before = store.get_model(ref)
-        record = promote(store, ref, to, reason=reason, actor=_actor())
-    console.print(f"[green]{record.ref}[/]: {before.stage} -> {record.stage}")
+        record = promote(store, ref, to, reason=reason, actor=_actor(), override=override)
+    how = " (override)" if override else ""
+    console.print(f"[green]{record.ref}[/]: {before.stage} -> {record.stage}{how}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    ctx: typer.Context,
+    name: str = typer.Argument(None, help="Model name (default: the workspace's data set's)."),
+    reason: str = typer.Option("", "--reason", help="Why: kept in the stage history."),
+) -> None:
+    """Put the previous production version back in production; the current one is archived."""
+    from pipelines.datasets import resolve_dataset
+
+    ws = workspace(ctx)
+    with open_store(ws) as store:
+        name = name or resolve_dataset(store)
+        before = store.production_model(name)
+        record = store.rollback(name, reason=reason or "rollback", actor=_actor())
+    was = f"{before.ref} archived, " if before else ""
+    console.print(f"[green]rolled back[/] {name}: {was}{record.ref} in production")
 
 
 def _actor() -> str:

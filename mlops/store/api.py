@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +42,34 @@ from mlops.store.records import (
 TRAINABLE_OUTCOMES = ("passed", "warned")
 _RETRIES = 5
 STAGES = ("candidate", "staging", "production", "archived", "rejected")
+# Which stage changes each action may make. The gate decides candidates; a release manager
+# promotes what the gate staged; anything else that reaches staging or production is an
+# override, with a reason, on record.
+TRANSITIONS: dict[str, frozenset[tuple[str, str]]] = {
+    "gate": frozenset({("candidate", "staging"), ("candidate", "rejected")}),
+    "promote": frozenset({("staging", "production")}),
+    "archive": frozenset(
+        (s, "archived") for s in ("candidate", "staging", "production", "rejected")
+    ),
+    "override": frozenset(
+        (s, t) for s in ("candidate", "rejected", "archived") for t in ("staging", "production")
+    ),
+}
+# (A rollback is its own method, Store.rollback: it archives production and restores the
+# previous one in one move, audited with action "rollback".)
+
+
+def _refusal(ref: str, current: str, stage: str, action: str) -> str:
+    """Why a stage change is refused, and what would be allowed instead."""
+    if stage in ("staging", "production") and current in ("candidate", "rejected", "archived"):
+        how = "the gate did not stage it" if current != "archived" else "it was archived"
+        if stage == "production" and current == "candidate":
+            how = "it has not passed the gate"
+        return (
+            f"{ref} is {current}: it cannot go to {stage} because {how}; a person may overrule "
+            f"with --override --reason TEXT (kept on record)"
+        )
+    return f"{ref} is {current}: {action} cannot move it to {stage}"
 
 
 def _batch(b: Batch) -> BatchRecord:
@@ -374,6 +402,7 @@ class Store:
         self, *, batch_ids: Sequence[str], stage: str, name: str, **values: Any
     ) -> ModelRecord:
         with self._tx() as s:
+            self._lock_name(s, name)
             last = s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
             for key in ("metrics", "lineage", "method", "decision"):
                 values[key] = values[key] or {}
@@ -384,12 +413,26 @@ class Store:
                 s.add(ModelVersionBatch(model_version_id=row.id, batch_id=bid))
             s.add(
                 StageEvent(
-                    model_version_id=row.id, from_stage=None, to_stage=stage, reason="registered"
+                    model_version_id=row.id,
+                    from_stage=None,
+                    to_stage=stage,
+                    action="register",
+                    reason="registered",
                 )
             )
             s.flush()
             s.refresh(row)
             return _model(row)
+
+    @staticmethod
+    def _lock_name(s: Session, name: str) -> None:
+        """Serialise writers of one model name until the transaction ends. On PostgreSQL an
+        advisory lock (there may be no row to lock yet: the first version); SQLite's
+        BEGIN IMMEDIATE already holds the database's write lock."""
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"model:{name}"}
+            )
 
     def _resolve(self, s: Session, ref: str | int) -> ModelVersion:
         """`ref` is an id, `name:version`, `name@stage` or, for a single model name, `version`."""
@@ -451,15 +494,31 @@ class Store:
         ref: str | int,
         stage: str,
         *,
+        action: str,
         reason: str = "",
         actor: str = "",
         decision: dict[str, Any] | None = None,
     ) -> ModelRecord:
-        """Move a model version to `stage`; promoting to production archives the previous one."""
+        """Move a model version to `stage` by `action`, if the transition rules allow it (see
+        TRANSITIONS), in one transaction with its audit row. Promoting to production archives
+        the previous production version. An override needs a reason and is recorded as one."""
         if stage not in STAGES:
             raise MlopsError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+        if action not in TRANSITIONS:
+            raise MlopsError(f"unknown stage action {action!r} (one of {', '.join(TRANSITIONS)})")
+        if action == "override" and not reason.strip():
+            raise MlopsError("an override needs a reason (--reason TEXT): it is kept on record")
         with self._tx() as s:
             row = self._resolve(s, ref)
+            # Every change to a model name's stages holds the name's lock: two promotions at
+            # once queue instead of both ending in production, and the stage checked below is
+            # the stage as it is now, not as it was read.
+            self._lock_name(s, row.name)
+            s.refresh(row)
+            if row.stage == stage:
+                raise MlopsError(f"{row.name}:{row.version} is already {stage}")
+            if (row.stage, stage) not in TRANSITIONS[action]:
+                raise MlopsError(_refusal(f"{row.name}:{row.version}", row.stage, stage, action))
             if stage == "production":
                 current = s.scalars(
                     select(ModelVersion).where(
@@ -474,6 +533,7 @@ class Store:
                             model_version_id=old.id,
                             from_stage=old.stage,
                             to_stage="archived",
+                            action="archive",
                             reason=f"replaced by {row.name}:{row.version}",
                             actor=actor,
                         )
@@ -484,6 +544,7 @@ class Store:
                     model_version_id=row.id,
                     from_stage=row.stage,
                     to_stage=stage,
+                    action=action,
                     reason=reason,
                     actor=actor,
                 )
@@ -491,6 +552,55 @@ class Store:
             row.stage = stage
             if decision is not None:
                 row.decision = decision
+            s.flush()
+            s.refresh(row)
+            return _model(row)
+
+    def rollback(self, name: str, *, reason: str = "rollback", actor: str = "") -> ModelRecord:
+        """Archive the production version of `name` and put back the one production had before
+        it (the version most recently moved out of production), in one transaction."""
+        with self._tx() as s:
+            self._lock_name(s, name)
+            current = s.scalars(
+                select(ModelVersion).where(
+                    ModelVersion.name == name, ModelVersion.stage == "production"
+                )
+            ).all()
+            left = s.execute(
+                select(StageEvent.model_version_id)
+                .join(ModelVersion, ModelVersion.id == StageEvent.model_version_id)
+                .where(
+                    ModelVersion.name == name,
+                    ModelVersion.stage == "archived",
+                    StageEvent.from_stage == "production",
+                )
+                .order_by(StageEvent.id.desc())
+            ).first()
+            if left is None:
+                raise MlopsError(f"{name} has no previous production version to roll back to")
+            previous = s.get(ModelVersion, left[0])
+            assert previous is not None
+            for row, to in [*((m, "archived") for m in current), (previous, "production")]:
+                s.add(
+                    StageEvent(
+                        model_version_id=row.id,
+                        from_stage=row.stage,
+                        to_stage=to,
+                        action="rollback",
+                        reason=reason,
+                        actor=actor,
+                    )
+                )
+                row.stage = to
+            s.flush()
+            s.refresh(previous)
+            return _model(previous)
+
+    def record_decision(self, ref: str | int, decision: dict[str, Any]) -> ModelRecord:
+        """Keep a gate decision that moves nothing (an inconclusive one)."""
+        with self._tx() as s:
+            row = self._resolve(s, ref)
+            row.decision = decision
             s.flush()
             s.refresh(row)
             return _model(row)

@@ -148,6 +148,8 @@ class StageEvent(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     from_stage: Mapped[str | None] = mapped_column(String(32), nullable=True)
     to_stage: Mapped[str] = mapped_column(String(32))
+    # register | gate | promote | archive | override | rollback (see Store.set_stage)
+    action: Mapped[str] = mapped_column(String(32), default="", server_default="")
     reason: Mapped[str] = mapped_column(Text, default="")
     actor: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

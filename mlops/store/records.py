@@ -97,6 +97,7 @@ class StageEventRecord(_Record):
     model_version_id: int
     from_stage: str | None
     to_stage: str
+    action: str
     reason: str
     actor: str
     created_at: datetime

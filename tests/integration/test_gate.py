@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,10 +14,11 @@ from mlops.params import EvaluateParams, Params
 from mlops.settings import Workspace
 from mlops.store import BatchRecord, ModelRecord, Store
 from pipelines.evaluate import evaluate_predictor, run_evaluate_stage
+from pipelines.gate import gate, improvement, promote
 from pipelines.ingest import ingest, load_source
 from pipelines.model import load_predictor
 from pipelines.prepare import PreparedData, prepare, save_prepared
-from pipelines.registry import Artifacts, _beats, gate, promote, register_candidate
+from pipelines.registry import Artifacts, register_candidate
 from pipelines.sources import AI4I_SPEC
 from pipelines.train import run_train_stage
 
@@ -99,12 +101,14 @@ def test_gate_rejects_worse_stages_better_on_the_candidates_split(
     assert d["candidate"] < d["reference"] and d["metric"] == "pr_auc"
 
     # 2. make the noise model production (test setup), then train a real one on more data
-    store.set_stage(noise.id, "production", reason="test setup")
+    store.set_stage(noise.id, "production", action="override", reason="test setup")
     good = _candidate(ws, store, both, [b1, b2], tmp_path / "b")
     good = gate(ws, store, good, PARAMS.evaluate)
     assert good.stage == "staging", good.decision
     d = good.decision
     assert d["against"] == "production" and d["against_ref"] == noise.ref and d["passed"]
+    # against production the rule is statistical: the interval's lower bound clears the margin
+    assert d["rule"] == "significant" and d["interval"][0] > d["margin"]
     # production was scored on the candidate's test split, not on its own
     test_file = Path(good.path) / "prepared" / "test.parquet"
     assert d["test_split"]["md5"] == hashlib.md5(test_file.read_bytes()).hexdigest()
@@ -123,7 +127,7 @@ def test_gate_rejects_worse_stages_better_on_the_candidates_split(
     worse = gate(ws, store, worse, PARAMS.evaluate)
     assert worse.stage == "rejected"
     assert worse.decision["against_ref"] == good.ref
-    assert worse.decision["delta"] < 0 and "does not beat" in worse.decision["reason"]
+    assert worse.decision["delta"] < 0 and "not above the margin" in worse.decision["reason"]
     assert store.production_model("ai4i").ref == good.ref  # untouched
     store.close()
 
@@ -138,30 +142,25 @@ def test_margin_and_promotion_rules(ws: Workspace, tmp_path: Path, mlops_cli) ->
     assert strict.stage == "rejected" and strict.decision["margin"] == 1.0
     store.close()
 
-    # only a staging version goes to production; a person may overrule via staging, on record
+    # only what the gate staged goes to production; a person may overrule, on record
     res = mlops_cli("-w", ws.root, "models", "promote", cand.ref, "--to", "production")
-    assert res.exit_code == 2 and "only a staging version" in res.stderr
-    res = mlops_cli(
-        "-w",
-        ws.root,
-        "models",
-        "promote",
-        cand.ref,
-        "--to",
-        "staging",
-        "--reason",
-        "overruled: margin too strict",
-    )
+    assert res.exit_code == 2 and "the gate did not stage it" in res.stderr
+    staged = ("models", "promote", cand.ref, "--to", "staging", "--reason", "margin too strict")
+    res = mlops_cli("-w", ws.root, *staged)
+    assert res.exit_code == 2 and "--override --reason" in res.stderr
+    res = mlops_cli("-w", ws.root, "models", "promote", cand.ref, "--to", "staging", "--override")
+    assert res.exit_code == 2 and "an override needs a reason" in res.stderr
+    res = mlops_cli("-w", ws.root, *staged, "--override")
     assert res.exit_code == 0, res.stderr
     res = mlops_cli("-w", ws.root, "models", "promote", cand.ref, "--to", "production")
     assert res.exit_code == 0 and "staging -> production" in res.stdout
     store = Store.open(ws.database_url)
-    history = [(e.from_stage, e.to_stage) for e in store.stage_history(cand.ref)]
+    history = [(e.from_stage, e.to_stage, e.action) for e in store.stage_history(cand.ref)]
     assert history == [
-        (None, "candidate"),
-        ("candidate", "rejected"),
-        ("rejected", "staging"),
-        ("staging", "production"),
+        (None, "candidate", "register"),
+        ("candidate", "rejected", "gate"),
+        ("rejected", "staging", "override"),
+        ("staging", "production", "promote"),
     ]
     store.close()
 
@@ -177,5 +176,87 @@ def test_margin_and_promotion_rules(ws: Workspace, tmp_path: Path, mlops_cli) ->
         (1.5, 2.0, False, 0.6, False),
     ],
 )
-def test_beats(cand: float, ref: float, higher: bool, margin: float, passed: bool) -> None:
-    assert _beats(cand, ref, higher, margin) is passed
+def test_improvement_points_the_right_way(
+    cand: float, ref: float, higher: bool, margin: float, passed: bool
+) -> None:
+    assert (improvement(cand, ref, higher) > margin) is passed
+
+
+def _perturbed_copy(store: Store, prod: ModelRecord, where: Path, seed: int) -> ModelRecord:
+    """Production's own model with its first layer nudged: the same model, give or take noise."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(Path(prod.path), where)
+    weights = where / "model" / "weights.pt"
+    state = torch.load(weights, weights_only=True)
+    first = sorted(k for k in state if k.endswith(".weight"))[0]
+    g = torch.Generator().manual_seed(seed)
+    state[first] = state[first] + 0.01 * torch.randn(state[first].shape, generator=g)
+    torch.save(state, weights)
+    return store.register_model(
+        name=prod.name, dataset=prod.dataset, path=str(where), metrics=prod.metrics,
+        lineage=prod.lineage, batch_ids=prod.batch_ids,
+    )  # fmt: skip
+
+
+def test_within_noise_is_not_staged_under_significant_but_clearly_better_is(
+    ws: Workspace, tmp_path: Path, mlops_cli
+) -> None:  # type: ignore[no-untyped-def]
+    store = Store.open(ws.database_url)
+    b1, f1 = _batch(ws, store, 4000, seed=21)
+    data = prepare({b1.id: f1}, AI4I_SPEC, PARAMS.prepare)
+    weak = _candidate(ws, store, data, [b1], tmp_path / "weak", shuffle=3)
+    store.set_stage(weak.id, "production", action="override", reason="test setup")
+    prod = gate(ws, store, _candidate(ws, store, data, [b1], tmp_path / "prod"), PARAMS.evaluate)
+    assert prod.stage == "staging" and prod.decision["rule"] == "significant"  # clearly better
+    promote(store, prod.ref, "production", reason="release", actor="rm")
+
+    # a copy of production, nudged until its point value is (by a hair) better
+    for seed in range(20):
+        copy = _perturbed_copy(store, prod, tmp_path / f"copy-{seed}", seed)
+        decided = gate(ws, store, copy, PARAMS.evaluate)
+        if decided.decision["improvement"] > 0:
+            break
+        store.set_stage(copy.id, "archived", action="archive", reason="test: not better")
+    d = decided.decision
+    assert d["improvement"] > 0 and d["against_ref"] == prod.ref
+    low, high = d["interval"]
+    assert low < 0 < high  # within noise ...
+    assert decided.stage == "rejected" and "significant rule" in d["reason"]  # ... so not staged
+    # the point rule would have staged it: that is the churn the interval prevents
+    again = _perturbed_copy(store, prod, tmp_path / "copy-point", seed)
+    point = gate(ws, store, again, PARAMS.evaluate.model_copy(update={"rule": "point"}))
+    assert point.stage == "staging" and point.decision["rule"] == "point"
+    shown = json.loads(mlops_cli("-w", ws.root, "models", "show", decided.ref, "--json").stdout)
+    assert shown["decision"]["interval"] == [low, high]
+    assert shown["decision"]["confidence"] == 0.95
+    store.close()
+
+
+def test_too_few_rows_is_inconclusive_and_a_rejected_parents_child_is_rejected(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    store = Store.open(ws.database_url)
+    b1, f1 = _batch(ws, store, 3000, seed=31)
+    data = prepare({b1.id: f1}, AI4I_SPEC, PARAMS.prepare)
+    cand = _candidate(ws, store, data, [b1], tmp_path / "a")
+    strict = PARAMS.evaluate.model_copy(update={"min_test_rows": 10_000})
+    thin = gate(ws, store, cand, strict)
+    assert thin.stage == "candidate"  # never a silent pass: it waits for a person
+    d = thin.decision
+    assert d["outcome"] == "inconclusive" and "too little evidence" in d["reason"]
+    assert d["test_split"]["rows"] == len(data.test) and d["test_split"]["positives"] > 0
+
+    rejected = gate(ws, store, cand, PARAMS.evaluate.model_copy(update={"margin": 1.0}))
+    assert rejected.stage == "rejected"
+    child = store.register_model(
+        name=cand.name, dataset=cand.dataset, path=cand.path, metrics=cand.metrics,
+        lineage=cand.lineage, batch_ids=cand.batch_ids, parent_id=cand.id,
+        method={"kind": "compress"},
+    )  # fmt: skip
+    child = gate(ws, store, child, PARAMS.evaluate)
+    assert child.stage == "rejected"
+    assert child.decision["reason"] == f"its parent {cand.ref} was rejected"
+    store.close()

@@ -62,3 +62,24 @@ def test_a_failing_batch_stops_the_flow_with_a_docs_link(
         assert store.list_models() == []  # nothing trained on a blocked batch
     finally:
         store.close()
+
+
+def test_running_twice_with_nothing_new_adds_no_model_version(
+    ws: Workspace, prefect_server: None
+) -> None:
+    """`make run` twice: the second run retrains nothing (DVC) and reuses the compressed child."""
+    from flows.lifecycle import lifecycle
+
+    first = lifecycle(workspace=str(ws.root), overrides=SMALL, return_state=True)
+    assert first.is_completed(), first.message
+    with Store.open(ws.database_url) as store:
+        before = [(m.ref, m.stage) for m in store.list_models()]
+    second = lifecycle(workspace=str(ws.root), overrides=SMALL, return_state=True)
+    assert second.is_completed(), second.message
+    steps = second.result().steps
+    with Store.open(ws.database_url) as store:
+        after = [(m.ref, m.stage) for m in store.list_models()]
+    assert after == before and len(before) >= 1
+    assert steps["ingest"]["new"] is False and steps["train"]["model"] == before[0][0]
+    if "reused" in steps["compress"]:
+        assert steps["compress"]["reused"] is True

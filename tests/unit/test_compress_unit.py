@@ -205,7 +205,18 @@ def test_choose_at_zero_tolerance_takes_only_lossless() -> None:
     assert all(r.drop is not None and r.drop <= METRIC_EPS for r in out if r.status == "chosen")
 
 
-def test_regression_is_not_gated_on_agreement() -> None:
-    rows = [PARENT, _row("close", size=100, lat=10, drop=0.0, agree=0.5)]
-    _, chosen = choose(rows, "regression", "rmse", CompressParams())
-    assert chosen == "close"
+def test_regression_is_gated_on_agreement_and_a_relative_tolerance() -> None:
+    # A variant that agrees with its parent on half the rows is not the same model, however
+    # close its RMSE: regression has an agreement rule too.
+    rows = [PARENT, _row("far", size=100, lat=10, drop=0.0, agree=0.5)]
+    out, chosen = choose(rows, "regression", "rmse", CompressParams())
+    assert chosen is None and "agreement 50.00% < 95%" in out[1].reason
+    # The tolerance is a share of the parent's RMSE, not points of a classification metric.
+    allowed = CompressParams().regression_relative_drop * PARENT.primary  # type: ignore[operator]
+    rows = [
+        PARENT,
+        _row("inside", size=100, lat=10, drop=allowed * 0.9, agree=0.99),
+        _row("outside", size=50, lat=5, drop=allowed * 1.1, agree=0.99),
+    ]
+    out, chosen = choose(rows, "regression", "rmse", CompressParams())
+    assert chosen == "inside" and "drop" in out[2].reason

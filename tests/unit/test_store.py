@@ -138,18 +138,90 @@ def test_model_versions_stages_and_lineage(db_url: str) -> None:
     assert (v1.version, v2.version, v1.ref) == (1, 2, "ai4i:1")
     assert v1.batch_ids == ["ai4i-b1"] and store.get_run(run.id).status == "succeeded"
 
-    store.set_stage("ai4i:1", "production", reason="first")
-    store.set_stage("2", "production", reason="better", actor="release-manager")
+    store.set_stage("ai4i:1", "staging", action="gate", reason="beat the baseline", actor="gate")
+    store.set_stage("ai4i:1", "production", action="promote", reason="first")
+    store.set_stage("2", "staging", action="gate", reason="better", actor="gate")
+    store.set_stage("2", "production", action="promote", reason="better", actor="rm")
     # Exactly one production version per model name; the old one is archived, with an audit trail.
     assert [m.version for m in store.list_models(stage="production")] == [2]
     assert store.get_model("ai4i@production").version == 2
     assert store.get_model(v1.id).stage == "archived"
-    history = [(e.from_stage, e.to_stage) for e in store.stage_history("ai4i:1")]
-    assert history == [(None, "candidate"), ("candidate", "production"), ("production", "archived")]
+    history = [(e.from_stage, e.to_stage, e.action) for e in store.stage_history("ai4i:1")]
+    assert history == [
+        (None, "candidate", "register"),
+        ("candidate", "staging", "gate"),
+        ("staging", "production", "promote"),
+        ("production", "archived", "archive"),
+    ]
     with pytest.raises(NotFoundError):
         store.get_model("ai4i:9")
     with pytest.raises(MlopsError, match="unknown stage"):
-        store.set_stage("ai4i:1", "prod")
+        store.set_stage("ai4i:1", "prod", action="promote")
+    store.close()
+
+
+def _versions(store: Store, n: int) -> list[str]:
+    store.upsert_dataset("m", "classification", {})
+    return [store.register_model(name="m", dataset="m", path=f"p{i}").ref for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("setup", "to", "action", "match"),
+    [
+        ([("candidate", "rejected", "gate")], "staging", "promote",
+         r"m:1 is rejected: it cannot go to staging because the gate did not stage it; .*--override"),  # noqa: E501
+        ([], "production", "promote", "m:1 is candidate: it cannot go to production because it has not passed the gate"),  # noqa: E501
+        ([], "staging", "promote", "m:1 is candidate: it cannot go to staging"),
+        ([("candidate", "staging", "gate")], "rejected", "gate", "m:1 is staging: gate cannot move it to rejected"),  # noqa: E501
+        ([("candidate", "staging", "gate")], "staging", "gate", "m:1 is already staging"),
+        ([], "staging", "override", "an override needs a reason"),
+    ],
+    ids=["rejected-to-staging", "candidate-to-production", "candidate-to-staging-by-hand",
+         "gate-twice", "same-stage", "override-without-reason"],
+)  # fmt: skip
+def test_forbidden_transitions_are_refused_in_one_line(
+    db_url: str, setup: list[tuple[str, str, str]], to: str, action: str, match: str
+) -> None:
+    store = Store.open(db_url)
+    (ref,) = _versions(store, 1)
+    for _, stage, how in setup:
+        store.set_stage(ref, stage, action=how, reason="setup", actor="gate")
+    before = store.stage_history(ref)
+    with pytest.raises(MlopsError, match=match) as info:
+        store.set_stage(ref, to, action=action, reason="" if action == "override" else "try")
+    assert "\n" not in str(info.value)
+    assert store.stage_history(ref) == before  # refused: nothing moved, nothing audited
+    store.close()
+
+
+def test_override_is_allowed_with_a_reason_and_audited(db_url: str) -> None:
+    store = Store.open(db_url)
+    ref, _ = _versions(store, 2)
+    store.set_stage(ref, "rejected", action="gate", reason="worse", actor="gate")
+    store.set_stage(ref, "production", action="override", reason="hotfix: v2 broke", actor="rm")
+    assert store.get_model(ref).stage == "production"
+    last = store.stage_history(ref)[-1]
+    assert (last.from_stage, last.to_stage, last.action, last.reason, last.actor) == (
+        "rejected", "production", "override", "hotfix: v2 broke", "rm",
+    )  # fmt: skip
+    store.close()
+
+
+def test_rollback_restores_the_previous_production_version(db_url: str) -> None:
+    store = Store.open(db_url)
+    one, two, three = _versions(store, 3)
+    with pytest.raises(MlopsError, match="no previous production version"):
+        store.rollback("m")
+    for ref in (one, two, three):
+        store.set_stage(ref, "staging", action="gate", reason="ok", actor="gate")
+        store.set_stage(ref, "production", action="promote", reason="release")
+    assert store.rollback("m", reason="v3 misbehaves", actor="rm").ref == two
+    assert [m.ref for m in store.list_models(stage="production")] == [two]
+    assert store.get_model(three).stage == "archived"
+    assert store.rollback("m").ref == three  # the one moved out of production most recently
+    assert (store.stage_history(two)[-1].action, store.stage_history(two)[-1].to_stage) == (
+        "rollback", "archived",
+    )  # fmt: skip
     store.close()
 
 
