@@ -14,7 +14,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlops.errors import ValidationFailed
 from mlops.params import Params, load_params
-from mlops.settings import Workspace
 from mlops.store import BatchRecord, Store
 from mlops.workspace import open_workspace
 from pipelines.ingest import SourceRequest
@@ -33,7 +32,7 @@ class LifecycleResult:
 
 @task(name="ingest")
 def ingest_task(
-    ws: Workspace, params: Params, request: SourceRequest | None, dataset: str | None
+    root: str, params: Params, request: SourceRequest | None, dataset: str | None
 ) -> dict[str, Any]:
     """Ingest the request; without one, take the workspace's data set's newest batch (or, in
     an empty workspace, the params' source)."""
@@ -41,6 +40,7 @@ def ingest_task(
     from pipelines.ingest import ingest, request_from_params
 
     log = get_run_logger()
+    ws = open_workspace(root)
     with Store.open(ws.database_url) as store:
         if request is None and (dataset or any(d.batches for d in store.list_datasets())):
             b = newest_batch(store, resolve_dataset(store, dataset))
@@ -67,9 +67,10 @@ def _batch_step(b: BatchRecord, *, new: bool, source: str) -> dict[str, Any]:
 
 
 @task(name="validate")
-def validate_task(ws: Workspace, params: Params, batch_id: str) -> dict[str, Any]:
+def validate_task(root: str, params: Params, batch_id: str) -> dict[str, Any]:
     from pipelines.validate import validate_batch
 
+    ws = open_workspace(root)
     p = params.validate_
     with Store.open(ws.database_url) as store:
         report = validate_batch(
@@ -93,9 +94,10 @@ def validate_task(ws: Workspace, params: Params, batch_id: str) -> dict[str, Any
 
 
 @task(name="train-evaluate-gate")
-def train_task(ws: Workspace, overrides: list[str], dataset: str) -> dict[str, Any]:
+def train_task(root: str, overrides: list[str], dataset: str) -> dict[str, Any]:
     from pipelines.registry import train_and_register
 
+    ws = open_workspace(root)
     with Store.open(ws.database_url) as store:
         record = train_and_register(ws, store, overrides, dataset=dataset)
     decision = record.decision
@@ -109,9 +111,10 @@ def train_task(ws: Workspace, overrides: list[str], dataset: str) -> dict[str, A
 
 
 @task(name="compress")
-def compress_task(ws: Workspace, params: Params, ref: str) -> dict[str, Any]:
+def compress_task(root: str, params: Params, ref: str) -> dict[str, Any]:
     from pipelines.compress import compress_and_register
 
+    ws = open_workspace(root)
     with Store.open(ws.database_url) as store:
         done = compress_and_register(ws, store, ref, params.compress, params.evaluate)
     child, report = done.child, done.report
@@ -162,15 +165,18 @@ def lifecycle(
     params = load_params(ws.params_path, overrides)
     steps: dict[str, Any] = {}
 
+    # Tasks get the workspace's folder, never the Workspace: it carries the database URL,
+    # and task parameters are recorded by Prefect.
+    root = str(ws.root)
     steps["ingest"] = ingest_task(
-        ws, params, plan_request(params.ingest, overrides, request), dataset
+        root, params, plan_request(params.ingest, overrides, request), dataset
     )
     batch_id = steps["ingest"]["batch_id"]
-    steps["validate"] = validate_task(ws, params, batch_id)
+    steps["validate"] = validate_task(root, params, batch_id)
     pipeline_overrides = [o for o in overrides if o.split(".", 1)[0] in PIPELINE_SECTIONS]
-    steps["train"] = train_task(ws, pipeline_overrides, steps["ingest"]["dataset"])
+    steps["train"] = train_task(root, pipeline_overrides, steps["ingest"]["dataset"])
     if steps["train"]["stage"] in ("staging", "production"):
-        steps["compress"] = compress_task(ws, params, steps["train"]["model"])
+        steps["compress"] = compress_task(root, params, steps["train"]["model"])
     else:
         steps["compress"] = {"model": None, "reason": "candidate was not promoted"}
 

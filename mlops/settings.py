@@ -6,6 +6,7 @@ Nothing happens at import time; `get_workspace()` and `configure_environment()` 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,16 @@ class Workspace:
             raise MlopsError(f"path {str(user_path)!r} is outside the workspace {self.root}")
         return path
 
+    def version_dir(self, stored: str) -> Path:
+        """A model version's folder from its stored path: relative to MLOPS_HOME (so moving
+        the home moves every version with it); an absolute path (older stores) as it is."""
+        path = Path(stored)
+        return path if path.is_absolute() else self.home / path
+
+    def home_relative(self, path: Path) -> str:
+        """What the store keeps for a folder under MLOPS_HOME: its path relative to the home."""
+        return path.resolve().relative_to(self.home.resolve()).as_posix()
+
     def relative(self, path: Path) -> str:
         """A workspace-relative POSIX path, as recorded in the store."""
         return path.resolve().relative_to(self.root).as_posix()
@@ -129,11 +140,14 @@ def configure_environment(ws: Workspace) -> None:
     os.environ.setdefault("BENTOML_HOME", str(ws.bentoml_home))
 
 
+_CREDENTIALS = re.compile(r"(?P<head>(?:[A-Za-z][\w+.-]*://)?[^:/@\s]*):[^@\s]*@")
+
+
 def redact_url(url: str) -> str:
-    """A database URL safe for logs: the password, if any, is masked."""
+    """A database URL safe for logs: the password, if any, is masked, parseable or not."""
     from sqlalchemy.engine import make_url
 
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return "<unparseable database URL>"
+        return _CREDENTIALS.sub(r"\g<head>:***@", url)

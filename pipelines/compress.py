@@ -351,6 +351,7 @@ def compress_model(
         paths[b.name] = save_model(
             variants_dir / b.name, config=b.config, preprocessor=parent.preprocessor,
             spec=parent.spec, model=b.model, onnx_bytes=b.onnx_bytes, extra=extra,
+            schema=manifest.get("schema"),
         )  # fmt: skip
         methods[b.name] = b.method
 
@@ -428,8 +429,7 @@ def compress_and_register(
     reused = existing_child(store, parent, params)
     if reused is not None:
         return Compressed(None, reused, reused=True)
-    parent_dir = Path(parent.path)
-    parent_dir = parent_dir if parent_dir.is_absolute() else ws.root / parent_dir
+    parent_dir = ws.version_dir(parent.path)
     prepared_dir = parent_dir / "prepared"
     prepared = load_prepared(prepared_dir)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
@@ -470,7 +470,7 @@ def compress_and_register(
         }  # fmt: skip
         lineage = {
             **parent.lineage, "parent": parent.ref, "parent_id": parent.id,
-            "parent_path": parent.path, "compression_report": str(out_dir),
+            "parent_path": parent.path, "compression_report": ws.home_relative(out_dir),
             "params": {**parent.lineage.get("params", {}),
                        "compress": params.model_dump(mode="json")},
             "compression": compression,
@@ -478,7 +478,7 @@ def compress_and_register(
         child = store.register_model(
             name=parent.name,
             dataset=parent.dataset,
-            path=str(child_dir),
+            path=ws.home_relative(child_dir),
             runtime=best.runtime,
             metrics=metrics,
             lineage=lineage,

@@ -22,8 +22,9 @@ from sklearn import metrics as skm
 from mlops.errors import MlopsError
 from mlops.io import atomic_write_json, atomic_write_text
 from mlops.params import EvaluateParams
-from pipelines.model import Predictor, _key, load_predictor
+from pipelines.artifact import Predictor, load_predictor
 from pipelines.prepare import PreparedData, load_prepared
+from pipelines.sources import label_key as _key
 
 LOWER_IS_BETTER = frozenset({"rmse", "mae"})
 MAX_CURVE_POINTS = 400

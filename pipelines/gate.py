@@ -42,9 +42,9 @@ NUMBERS = ("pr_auc", "roc_auc", "f1", "precision", "recall", "accuracy", "rmse",
 CONFIDENCE = 0.95
 
 
-def model_dir(record: ModelRecord) -> Path:
-    """The save_model directory of a version: `<path>/model`, or `<path>` itself."""
-    path = Path(record.path)
+def model_dir(ws: Workspace, record: ModelRecord) -> Path:
+    """The save_model directory of a version: `<its folder>/model`, or the folder itself."""
+    path = ws.version_dir(record.path)
     return path / "model" if (path / "model" / "manifest.json").is_file() else path
 
 
@@ -115,8 +115,8 @@ def paired_bootstrap(
     return float(low), float(high), len(diffs)
 
 
-def _scored(cand: ModelRecord, ref_scores: np.ndarray, data: PreparedData) -> Scored:
-    predictor = load_predictor(model_dir(cand))
+def _scored(ws: Workspace, cand: ModelRecord, ref_scores: np.ndarray, data: PreparedData) -> Scored:
+    predictor = load_predictor(model_dir(ws, cand))
     spec, test = data.spec, data.test
     y_raw = test[spec.target].to_numpy()
     if spec.task == "regression":
@@ -130,15 +130,15 @@ def _scored(cand: ModelRecord, ref_scores: np.ndarray, data: PreparedData) -> Sc
 
 
 def _reference(
-    store: Store, candidate: ModelRecord, data: PreparedData
+    ws: Workspace, store: Store, candidate: ModelRecord, data: PreparedData
 ) -> tuple[str, ModelRecord | None, np.ndarray]:
     """What the candidate is judged against, and its scores on the candidate's test rows."""
     prod = store.production_model(candidate.name)
     if prod is not None and prod.id != candidate.id:
-        return "production", prod, load_predictor(model_dir(prod)).scores(data.test)
+        return "production", prod, load_predictor(model_dir(ws, prod)).scores(data.test)
     if candidate.parent_id is not None:
         parent = store.get_model(candidate.parent_id)
-        return "parent", parent, load_predictor(model_dir(parent)).scores(data.test)
+        return "parent", parent, load_predictor(model_dir(ws, parent)).scores(data.test)
     return "baseline", None, baseline_scores(data)
 
 
@@ -164,9 +164,9 @@ def gate(
             decision.update(outcome="rejected", passed=False, reason=reason)
             return _move(store, candidate, "rejected", decision)
     try:
-        data = load_prepared(Path(candidate.path) / "prepared")
-        against, ref, ref_scores = _reference(store, candidate, data)
-        scored = _scored(candidate, ref_scores, data)
+        data = load_prepared(ws.version_dir(candidate.path) / "prepared")
+        against, ref, ref_scores = _reference(ws, store, candidate, data)
+        scored = _scored(ws, candidate, ref_scores, data)
     except MlopsError as exc:
         # A production model that cannot score this data (new columns, lost files) cannot be
         # beaten on it: the candidate waits for a person, it is not staged silently.

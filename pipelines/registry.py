@@ -293,7 +293,7 @@ def register_candidate(
         return store.register_model(
             name=name,
             dataset=spec["name"],
-            path=str(dest),
+            path=ws.home_relative(dest),
             runtime="torch",
             metrics=metrics,
             lineage=lineage,

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from mlops.errors import MlopsError
 from mlops.io import atomic_write_json, atomic_write_text
 from mlops.params import TrainParams
-from pipelines.model import MLP, ModelConfig, save_model
+from pipelines.model import MLP, ModelConfig, model_schema, save_model
 from pipelines.prepare import PreparedData
 
 CHECKPOINT_FORMAT = 1
@@ -399,6 +399,7 @@ def run_train_stage(
         preprocessor=data.preprocessor,
         spec=data.spec,
         model=result.model,
+        schema=model_schema(data.train, data.spec, data.preprocessor),
         extra={"best_epoch": result.best_epoch},
     )
     lines = ["epoch,train_loss,val_loss,lr"]

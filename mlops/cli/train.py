@@ -222,7 +222,7 @@ def models_show(ctx: typer.Context, ref: str, as_json: bool = JsonOption) -> Non
         return
     p = console.print
     p(f"[bold]{m.ref}[/]  stage [bold]{m.stage}[/]  runtime {m.runtime}  data set {m.dataset}")
-    p(f"path: {m.path}", highlight=False)
+    p(f"path: {ws.version_dir(m.path)}", highlight=False)
     p(f"created: {short_time(m.created_at)}  run: {m.run_id}  parent: {m.parent_id}")
     metric = m.metrics.get("primary_metric")
     if metric:
@@ -339,6 +339,33 @@ def models_promote(
         record = promote(store, ref, to, reason=reason, actor=_actor(), override=override)
     how = " (override)" if override else ""
     console.print(f"[green]{record.ref}[/]: {before.stage} -> {record.stage}{how}")
+
+
+@models_app.command("verify")
+def models_verify(
+    ctx: typer.Context,
+    refs: list[str] = typer.Argument(None, help="Versions to check (default: every version)."),
+) -> None:
+    """Check every file of model versions against the sha256 in their manifest; exits
+    non-zero naming the first file that was changed or cut short."""
+    from mlops.errors import MlopsError
+    from pipelines.artifact import verify_model
+    from pipelines.gate import model_dir
+
+    ws = workspace(ctx)
+    with open_store(ws) as store:
+        models = [store.get_model(r) for r in refs] if refs else store.list_models()
+    bad = []
+    for m in models:
+        try:
+            manifest = verify_model(model_dir(ws, m))
+        except MlopsError as exc:
+            bad.append(f"{m.ref}: {exc}")
+            continue
+        console.print(f"[green]ok[/] {m.ref}: {len(manifest['files'])} file(s) match their sha256")
+    if bad:
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise MlopsError(bad[0] + more)
 
 
 @models_app.command("rollback")

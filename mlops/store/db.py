@@ -14,6 +14,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from mlops.errors import MlopsError
+from mlops.settings import redact_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -23,8 +24,9 @@ def make_engine(url: str) -> Engine:
     """Create an engine for `url`; SQLite gets WAL, a busy timeout and immediate write locks."""
     try:
         parsed = make_url(url)
-    except Exception as exc:  # sqlalchemy raises ArgumentError with a multi-line text
-        raise MlopsError(f"MLOPS_DATABASE_URL is not a database URL: {url!r}") from exc
+    except Exception:  # sqlalchemy raises ArgumentError with a multi-line text
+        # The password stays out of the message (and of the chained exception's text).
+        raise MlopsError(f"MLOPS_DATABASE_URL is not a database URL: {redact_url(url)!r}") from None
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
 

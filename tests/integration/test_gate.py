@@ -13,6 +13,7 @@ import pytest
 from mlops.params import EvaluateParams, Params
 from mlops.settings import Workspace
 from mlops.store import BatchRecord, ModelRecord, Store
+from pipelines.artifact import file_hashes
 from pipelines.evaluate import evaluate_predictor, run_evaluate_stage
 from pipelines.gate import gate, improvement, promote
 from pipelines.ingest import ingest, load_source
@@ -110,10 +111,12 @@ def test_gate_rejects_worse_stages_better_on_the_candidates_split(
     # against production the rule is statistical: the interval's lower bound clears the margin
     assert d["rule"] == "significant" and d["interval"][0] > d["margin"]
     # production was scored on the candidate's test split, not on its own
-    test_file = Path(good.path) / "prepared" / "test.parquet"
+    test_file = ws.version_dir(good.path) / "prepared" / "test.parquet"
     assert d["test_split"]["md5"] == hashlib.md5(test_file.read_bytes()).hexdigest()
     assert d["test_split"]["rows"] == len(both.test) != len(only_first.test)
-    prod_on_new_split = evaluate_predictor(load_predictor(Path(noise.path) / "model"), both.test)
+    prod_on_new_split = evaluate_predictor(
+        load_predictor(ws.version_dir(noise.path) / "model"), both.test
+    )
     assert d["reference"] == pytest.approx(prod_on_new_split["pr_auc"])
     assert d["reference"] != pytest.approx(noise.metrics["pr_auc"])
 
@@ -182,19 +185,25 @@ def test_improvement_points_the_right_way(
     assert (improvement(cand, ref, higher) > margin) is passed
 
 
-def _perturbed_copy(store: Store, prod: ModelRecord, where: Path, seed: int) -> ModelRecord:
+def _perturbed_copy(
+    ws: Workspace, store: Store, prod: ModelRecord, where: Path, seed: int
+) -> ModelRecord:
     """Production's own model with its first layer nudged: the same model, give or take noise."""
     import shutil
 
     import torch
 
-    shutil.copytree(Path(prod.path), where)
+    shutil.copytree(ws.version_dir(prod.path), where)
     weights = where / "model" / "weights.pt"
     state = torch.load(weights, weights_only=True)
     first = sorted(k for k in state if k.endswith(".weight"))[0]
     g = torch.Generator().manual_seed(seed)
     state[first] = state[first] + 0.01 * torch.randn(state[first].shape, generator=g)
     torch.save(state, weights)
+    # a new model, so a new manifest: its checksums must describe these weights
+    manifest = json.loads((where / "model" / "manifest.json").read_text())
+    manifest["files"] = file_hashes(where / "model")
+    (where / "model" / "manifest.json").write_text(json.dumps(manifest))
     return store.register_model(
         name=prod.name, dataset=prod.dataset, path=str(where), metrics=prod.metrics,
         lineage=prod.lineage, batch_ids=prod.batch_ids,
@@ -215,7 +224,7 @@ def test_within_noise_is_not_staged_under_significant_but_clearly_better_is(
 
     # a copy of production, nudged until its point value is (by a hair) better
     for seed in range(20):
-        copy = _perturbed_copy(store, prod, tmp_path / f"copy-{seed}", seed)
+        copy = _perturbed_copy(ws, store, prod, tmp_path / f"copy-{seed}", seed)
         decided = gate(ws, store, copy, PARAMS.evaluate)
         if decided.decision["improvement"] > 0:
             break
@@ -226,7 +235,7 @@ def test_within_noise_is_not_staged_under_significant_but_clearly_better_is(
     assert low < 0 < high  # within noise ...
     assert decided.stage == "rejected" and "significant rule" in d["reason"]  # ... so not staged
     # the point rule would have staged it: that is the churn the interval prevents
-    again = _perturbed_copy(store, prod, tmp_path / "copy-point", seed)
+    again = _perturbed_copy(ws, store, prod, tmp_path / "copy-point", seed)
     point = gate(ws, store, again, PARAMS.evaluate.model_copy(update={"rule": "point"}))
     assert point.stage == "staging" and point.decision["rule"] == "point"
     shown = json.loads(mlops_cli("-w", ws.root, "models", "show", decided.ref, "--json").stdout)

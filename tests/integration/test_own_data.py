@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlops.settings import get_workspace
 from mlops.store import ModelRecord, Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -81,10 +82,11 @@ def _one_line_error(result) -> str:  # type: ignore[no-untyped-def]
     return err
 
 
-def assert_beats_trivial(model: ModelRecord) -> None:
+def assert_beats_trivial(model: ModelRecord, root: Path) -> None:
     """The model beats what ignores its inputs on its own test split (computed here, not
     read from our metrics): the majority class / the mean."""
-    test = pd.read_parquet(Path(model.path) / "prepared" / "test.parquet")
+    folder = get_workspace(root).version_dir(model.path)
+    test = pd.read_parquet(folder / "prepared" / "test.parquet")
     m = model.metrics
     if m["task"] == "classification":
         y = test["failed"].to_numpy()
@@ -156,7 +158,7 @@ def test_mlops_run_on_a_file_outside_the_workspace_then_plain_run_stays_on_it(
     with _store(root) as store:
         first = store.get_model(steps["train"]["model"])
         assert first.name == name
-        assert_beats_trivial(first)
+        assert_beats_trivial(first, root)
 
         if kind == "classification-csv":
             # a later export, ingested with no --dataset, joins the data set ...
@@ -176,7 +178,7 @@ def test_mlops_run_on_a_file_outside_the_workspace_then_plain_run_stays_on_it(
         assert [d.name for d in store.list_datasets()] == [name]  # no synthetic rows added
         if kind == "classification-csv":
             assert model.version > first.version and len(model.batch_ids) == 2
-            assert_beats_trivial(model)
+            assert_beats_trivial(model, root)
         else:  # nothing new: DVC reruns nothing and the same version comes back
             assert model.id == first.id
 
@@ -217,7 +219,7 @@ def test_step_by_step_from_a_relative_path_outside_the_workspace(
     with _store(root) as store:
         (model,) = store.list_models()
         assert model.name == name
-        assert_beats_trivial(model)
+        assert_beats_trivial(model, root)
         # lineage names a commit, since `mlops init` made one; the tree is dirty after ingest
         git = model.lineage["git"]
         assert re.fullmatch(r"[0-9a-f]{40}", git["commit"]) and git["dirty"] is True

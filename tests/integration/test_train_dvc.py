@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -123,7 +122,7 @@ def test_models_list_and_show_lineage(ws: Workspace, mlops_cli) -> None:  # type
     assert lineage["device"] == "cpu" and lineage["duration_s"] > 0
     assert shown["stage_history"][0]["to_stage"] == "candidate"
     for part in ("model/manifest.json", "prepared/test.parquet", "reports/metrics.json"):
-        assert (Path(shown["path"]) / part).is_file(), part
+        assert (ws.version_dir(shown["path"]) / part).is_file(), part
 
     text = mlops_cli("-w", ws.root, "models", "show", "1").stdout
     for needle in (

@@ -153,9 +153,9 @@ def test_mlops_compress_registers_the_chosen_variant_as_a_child(
         assert [r["variant"] for r in table if r["status"] == "chosen"] == [child.method["variant"]]
         assert child.metrics["quality_drop"] <= 0.005 + METRIC_EPS
 
-        child_dir, parent_dir = Path(child.path), Path(parent.path)
+        child_dir, parent_dir = ws.version_dir(child.path), ws.version_dir(parent.path)
         assert (child_dir / "prepared" / "test.parquet").is_file()
-        reports = Path(child.lineage["compression_report"])
+        reports = ws.home / child.lineage["compression_report"]
         assert (reports / "compression.csv").is_file() and (reports / "compression.png").is_file()
         # the runtime is part of the version, and load_predictor serves it
         predictor = load_predictor(child_dir / "model")

@@ -90,3 +90,43 @@ def test_the_repo_has_one_dvc_pipeline() -> None:
         ["git", "ls-files", "*dvc.yaml"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     assert tracked == ["dvc.yaml"]
+
+
+# -- secrets stay out of messages; task parameters carry no database URL ---------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://bob:s3cret@db:5432/mlops", "postgresql+psycopg://bob:***@db:5432/mlops"),
+        ("postgresql://bob:s3cret@db:notaport/mlops", "postgresql://bob:***@db:notaport/mlops"),
+        ("bob:s3cret@db/mlops", "bob:***@db/mlops"),
+        ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+    ],
+)  # fmt: skip
+def test_database_urls_are_masked_parseable_or_not(url: str, shown: str) -> None:
+    from mlops.settings import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_a_bad_database_url_error_does_not_print_its_password() -> None:
+    from mlops.store import Store
+
+    with pytest.raises(MlopsError) as info:
+        Store.open("postgresql://bob:s3cret@db:notaport/mlops")
+    assert "s3cret" not in str(info.value) and "bob:***@" in str(info.value)
+    assert info.value.__cause__ is None  # nor in a chained exception's text
+
+
+def test_prefect_tasks_take_the_workspace_folder_not_the_workspace() -> None:
+    import inspect
+
+    from flows import lifecycle
+
+    tasks = [lifecycle.ingest_task, lifecycle.validate_task, lifecycle.train_task,
+             lifecycle.compress_task]  # fmt: skip
+    for t in tasks:
+        params = inspect.signature(t.fn).parameters
+        assert "root" in params and "ws" not in params, t.name
+        assert all("Workspace" not in str(p.annotation) for p in params.values()), t.name
