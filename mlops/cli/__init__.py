@@ -41,6 +41,7 @@ app.add_typer(train.stage_app, name="stage", hidden=True)
 app.command()(validate.validate)
 app.command()(run.run)
 app.command()(compress.compress)
+app.command()(train.status)
 
 
 def main(argv: list[str] | None = None) -> int:

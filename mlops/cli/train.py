@@ -341,6 +341,30 @@ def models_promote(
     console.print(f"[green]{record.ref}[/]: {before.stage} -> {record.stage}{how}")
 
 
+@models_app.command("aliases")
+def models_aliases(
+    ctx: typer.Context,
+    name: str = typer.Argument(None, help="Only this model name."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The named aliases (production, staging, canary, shadow): which version each points at."""
+    ws = workspace(ctx)
+    with open_store(ws) as store:
+        aliases = store.list_aliases(name)
+    if as_json:
+        print_json([a.to_dict() for a in aliases])
+        return
+    print_table(
+        f"{len(aliases)} alias(es)",
+        ["model", "alias", "version", "since", "by"],
+        [
+            [a.model_name, a.alias, f"{a.model_name}:{a.version}", short_time(a.updated_at),
+             a.updated_by]
+            for a in aliases
+        ],
+    )  # fmt: skip
+
+
 @models_app.command("verify")
 def models_verify(
     ctx: typer.Context,
@@ -391,3 +415,50 @@ def _actor() -> str:
         return getpass.getuser()
     except Exception:  # no user name in some containers
         return "unknown"
+
+
+def status(
+    ctx: typer.Context,
+    name: str = typer.Argument(None, help="Only this model name."),
+    as_json: bool = JsonOption,
+) -> None:
+    """What serves what: per model name, production, canary (and its share) and shadow, since
+    when and by whom, the revision, and the last deployment change."""
+    ws = workspace(ctx)
+    with open_store(ws) as store:
+        states = [s for s in store.list_deployment_states() if name in (None, s.model_name)]
+        refs = {m.id: m.ref for m in store.list_models(name=name)}
+        last = {s.model_name: _last(store.deployment_events(s.model_name)) for s in states}
+    if as_json:
+        print_json(
+            [{**s.to_dict(), "last_event": (last[s.model_name].to_dict()
+                                             if last[s.model_name] else None)} for s in states]
+        )  # fmt: skip
+        return
+    if not states:
+        console.print("nothing deployed yet: `mlops models promote NAME:VERSION --to production`")
+        return
+    rows = []
+    for s in states:
+        event = last[s.model_name]
+        rows.append(
+            [
+                s.model_name,
+                refs.get(s.production_version_id or -1, "-"),
+                f"{refs.get(s.canary_version_id)} ({s.canary_share:.0%})"
+                if s.canary_version_id else "-",
+                refs.get(s.shadow_version_id or -1, "-"),
+                s.revision,
+                f"{short_time(s.updated_at)} by {s.updated_by or '?'}",
+                f"{event.action}: {event.reason}" if event else "",
+            ]
+        )  # fmt: skip
+    print_table(
+        "deployment state",
+        ["model", "production", "canary", "shadow", "revision", "changed", "last change"],
+        rows,
+    )
+
+
+def _last(events: list[Any]) -> Any:
+    return events[-1] if events else None

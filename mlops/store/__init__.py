@@ -2,9 +2,12 @@
 
 from mlops.store.api import Store
 from mlops.store.records import (
+    AliasRecord,
     BatchRecord,
     DatasetRecord,
+    DeploymentEventRecord,
     DeploymentRecord,
+    DeploymentStateRecord,
     DriftRecord,
     ModelRecord,
     RunRecord,
@@ -13,9 +16,12 @@ from mlops.store.records import (
 )
 
 __all__ = [
+    "AliasRecord",
     "BatchRecord",
     "DatasetRecord",
+    "DeploymentEventRecord",
     "DeploymentRecord",
+    "DeploymentStateRecord",
     "DriftRecord",
     "ModelRecord",
     "RunRecord",

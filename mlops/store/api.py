@@ -20,17 +20,24 @@ from mlops.store.models import (
     Batch,
     Dataset,
     Deployment,
+    DeploymentEvent,
+    DeploymentState,
     DriftReport,
+    ModelAlias,
     ModelVersion,
     ModelVersionBatch,
     StageEvent,
     TrainingRun,
     Validation,
+    utcnow,
 )
 from mlops.store.records import (
+    AliasRecord,
     BatchRecord,
     DatasetRecord,
+    DeploymentEventRecord,
     DeploymentRecord,
+    DeploymentStateRecord,
     DriftRecord,
     ModelRecord,
     RunRecord,
@@ -40,6 +47,8 @@ from mlops.store.records import (
 )
 
 TRAINABLE_OUTCOMES = ("passed", "warned")
+ALIASES = ("production", "staging", "canary", "shadow")
+DEPLOY_ACTIONS = ("promote", "canary", "shadow", "rollback", "override", "clear")
 _RETRIES = 5
 STAGES = ("candidate", "staging", "production", "archived", "rejected")
 # Which stage changes each action may make. The gate decides candidates; a release manager
@@ -82,6 +91,10 @@ def _validation(v: Validation) -> ValidationRecord:
 
 def _run(r: TrainingRun) -> RunRecord:
     return _to(RunRecord, r)
+
+
+def _state(d: DeploymentState) -> DeploymentStateRecord:
+    return _to(DeploymentStateRecord, d)
 
 
 def _model(m: ModelVersion) -> ModelRecord:
@@ -552,9 +565,26 @@ class Store:
             row.stage = stage
             if decision is not None:
                 row.decision = decision
+            if stage == "production":
+                self._deploy(s, row.name, action, row.id, actor=actor, reason=reason)
+                self._drop_alias_of(s, row.name, "staging", row.id, actor)
+            elif stage == "staging":
+                self._set_alias(s, row.name, "staging", row.id, actor)
+            else:
+                self._drop_alias_of(s, row.name, "staging", row.id, actor)
             s.flush()
             s.refresh(row)
             return _model(row)
+
+    def _drop_alias_of(
+        self, s: Session, name: str, alias: str, version_id: int, actor: str
+    ) -> None:
+        """Remove `alias` if it points at this version (a staged version promoted or retired)."""
+        row = s.scalars(
+            select(ModelAlias).where(ModelAlias.model_name == name, ModelAlias.alias == alias)
+        ).first()
+        if row is not None and row.model_version_id == version_id:
+            s.delete(row)
 
     def rollback(self, name: str, *, reason: str = "rollback", actor: str = "") -> ModelRecord:
         """Archive the production version of `name` and put back the one production had before
@@ -592,6 +622,7 @@ class Store:
                     )
                 )
                 row.stage = to
+            self._deploy(s, name, "rollback", previous.id, actor=actor, reason=reason)
             s.flush()
             s.refresh(previous)
             return _model(previous)
@@ -610,6 +641,168 @@ class Store:
             row = self._resolve(s, ref)
             q = select(StageEvent).where(StageEvent.model_version_id == row.id)
             return [_to(StageEventRecord, e) for e in s.scalars(q.order_by(StageEvent.id))]
+
+    # -- aliases and deployment state -------------------------------------------------------
+
+    def _set_alias(
+        self, s: Session, name: str, alias: str, version_id: int | None, actor: str
+    ) -> None:
+        row = s.scalars(
+            select(ModelAlias).where(ModelAlias.model_name == name, ModelAlias.alias == alias)
+        ).first()
+        if version_id is None:
+            if row is not None:
+                s.delete(row)
+            return
+        if row is None:
+            s.add(
+                ModelAlias(
+                    model_name=name, alias=alias, model_version_id=version_id, updated_by=actor
+                )
+            )
+        else:
+            row.model_version_id, row.updated_at, row.updated_by = version_id, utcnow(), actor
+
+    def _deploy(
+        self,
+        s: Session,
+        name: str,
+        action: str,
+        version_id: int | None,
+        *,
+        share: float | None = None,
+        actor: str = "",
+        reason: str = "",
+    ) -> DeploymentState:
+        """Change a name's deployment state, its aliases and its audit, in the caller's
+        transaction (which holds the name's lock)."""
+        if action not in DEPLOY_ACTIONS:
+            raise MlopsError(f"unknown deployment action {action!r}")
+        state = s.get(DeploymentState, name)
+        if state is None:
+            state = DeploymentState(model_name=name, canary_share=0.0, revision=0)
+            s.add(state)
+        if action in ("promote", "override", "rollback"):
+            state.production_version_id = version_id
+            self._set_alias(s, name, "production", version_id, actor)
+            if state.canary_version_id == version_id:  # a canary promoted is no canary
+                state.canary_version_id, state.canary_share = None, 0.0
+                self._set_alias(s, name, "canary", None, actor)
+            if state.shadow_version_id == version_id:
+                state.shadow_version_id = None
+                self._set_alias(s, name, "shadow", None, actor)
+        elif action == "canary":
+            state.canary_version_id, state.canary_share = version_id, float(share or 0.0)
+            self._set_alias(s, name, "canary", version_id, actor)
+        elif action == "shadow":
+            state.shadow_version_id = version_id
+            self._set_alias(s, name, "shadow", version_id, actor)
+        else:  # clear: what is cleared is in `reason`'s first word (canary | shadow)
+            what = reason.split(":", 1)[0]
+            if what == "canary":
+                state.canary_version_id, state.canary_share = None, 0.0
+            else:
+                state.shadow_version_id = None
+            self._set_alias(s, name, what, None, actor)
+        state.revision = (state.revision or 0) + 1
+        state.updated_at, state.updated_by = utcnow(), actor
+        s.add(
+            DeploymentEvent(
+                model_name=name,
+                action=action,
+                model_version_id=version_id,
+                share=share,
+                revision=state.revision,
+                actor=actor,
+                reason=reason,
+            )
+        )
+        s.flush()
+        return state
+
+    def set_canary(
+        self, ref: str | int, share: float, *, actor: str = "", reason: str = ""
+    ) -> DeploymentStateRecord:
+        """Send `share` of traffic (0 < share < 1) to a staged or production version."""
+        if not 0.0 < share < 1.0:
+            raise MlopsError(f"a canary share is between 0 and 1 (exclusive), got {share}")
+        with self._tx() as s:
+            row = self._resolve(s, ref)
+            self._lock_name(s, row.name)
+            s.refresh(row)
+            if row.stage not in ("staging", "production"):
+                raise MlopsError(
+                    f"{row.name}:{row.version} is {row.stage}: only a version the gate staged "
+                    "takes canary traffic"
+                )
+            why = reason or f"canary {share:g}"
+            state = self._deploy(
+                s, row.name, "canary", row.id, share=share, actor=actor, reason=why
+            )
+            return _state(state)
+
+    def set_shadow(
+        self, ref: str | int, *, actor: str = "", reason: str = ""
+    ) -> DeploymentStateRecord:
+        """Give a version a copy of every request (its answers are logged, never returned)."""
+        with self._tx() as s:
+            row = self._resolve(s, ref)
+            self._lock_name(s, row.name)
+            s.refresh(row)
+            if row.stage == "rejected":
+                raise MlopsError(f"{row.name}:{row.version} was rejected: it cannot shadow")
+            state = self._deploy(
+                s, row.name, "shadow", row.id, actor=actor, reason=reason or "shadow"
+            )
+            return _state(state)
+
+    def clear_deployment(self, name: str, what: str, *, actor: str = "") -> DeploymentStateRecord:
+        """Stop the canary or the shadow of model `name`."""
+        if what not in ("canary", "shadow"):
+            raise MlopsError(f"clear takes canary or shadow, not {what!r}")
+        with self._tx() as s:
+            self._lock_name(s, name)
+            return _state(
+                self._deploy(s, name, "clear", None, actor=actor, reason=f"{what}: cleared")
+            )
+
+    def deployment_state(self, name: str) -> DeploymentStateRecord | None:
+        with self._tx() as s:
+            row = s.get(DeploymentState, name)
+            return _state(row) if row is not None else None
+
+    def deployment_revision(self, name: str) -> int:
+        """The revision counter alone: a cheap primary-key read for servers that poll."""
+        with self._tx() as s:
+            value = s.scalar(
+                select(DeploymentState.revision).where(DeploymentState.model_name == name)
+            )
+            return int(value or 0)
+
+    def list_deployment_states(self) -> list[DeploymentStateRecord]:
+        with self._tx() as s:
+            return [
+                _state(r)
+                for r in s.scalars(select(DeploymentState).order_by(DeploymentState.model_name))
+            ]
+
+    def list_aliases(self, name: str | None = None) -> list[AliasRecord]:
+        q = (
+            select(ModelAlias, ModelVersion.version)
+            .join(ModelVersion, ModelVersion.id == ModelAlias.model_version_id)
+            .order_by(ModelAlias.model_name, ModelAlias.alias)
+        )
+        if name:
+            q = q.where(ModelAlias.model_name == name)
+        with self._tx() as s:
+            return [_to(AliasRecord, a, version=v) for a, v in s.execute(q)]
+
+    def deployment_events(self, name: str | None = None) -> list[DeploymentEventRecord]:
+        q = select(DeploymentEvent).order_by(DeploymentEvent.id)
+        if name:
+            q = q.where(DeploymentEvent.model_name == name)
+        with self._tx() as s:
+            return [_to(DeploymentEventRecord, e) for e in s.scalars(q)]
 
     # -- deployments and drift --------------------------------------------------------------
 

@@ -68,8 +68,9 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine) -> str | None:
-    """Bring the schema to the newest revision; safe to call from several processes at once."""
+def upgrade(engine: Engine, target: str = "head") -> str | None:
+    """Bring the schema to the newest revision (or `target`); safe to call from several
+    processes at once."""
     lock = None
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         lock = FileLock(str(engine.url.database) + ".migrate.lock", timeout=120)
@@ -79,7 +80,7 @@ def upgrade(engine: Engine) -> str | None:
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, target)
     finally:
         if lock is not None:
             lock.release()

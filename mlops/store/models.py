@@ -186,3 +186,59 @@ class DriftReport(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelAlias(Base):
+    """A named pointer per model name (production, staging, canary, shadow): at most one
+    version each, enforced by the unique constraint."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("model_name", "alias", name="uq_model_aliases_name_alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    alias: Mapped[str] = mapped_column(String(32))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class DeploymentState(Base):
+    """What serves what, per model name: changed only through the store's API, under the
+    name's lock, with its audit row. `revision` counts the changes: a server polls it."""
+
+    __tablename__ = "deployment_states"
+
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    production_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id"), nullable=True
+    )
+    canary_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id"), nullable=True
+    )
+    canary_share: Mapped[float] = mapped_column(Float, default=0.0)
+    shadow_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id"), nullable=True
+    )
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class DeploymentEvent(Base):
+    """Append-only audit of deployment state: one row per change, with the revision it made."""
+
+    __tablename__ = "deployment_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    # promote | canary | shadow | rollback | override | clear
+    action: Mapped[str] = mapped_column(String(32))
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id"), nullable=True
+    )
+    share: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

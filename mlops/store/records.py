@@ -135,3 +135,38 @@ def _to(cls: type[R], row: object, **extra: Any) -> R:
     """Copy an ORM row into a detached record, field by field."""
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     return cls(**{n: extra[n] if n in extra else getattr(row, n) for n in names})
+
+
+@dataclass(frozen=True)
+class AliasRecord(_Record):
+    model_name: str
+    alias: str
+    model_version_id: int
+    version: int
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class DeploymentStateRecord(_Record):
+    model_name: str
+    production_version_id: int | None
+    canary_version_id: int | None
+    canary_share: float
+    shadow_version_id: int | None
+    revision: int
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class DeploymentEventRecord(_Record):
+    id: int
+    model_name: str
+    action: str
+    model_version_id: int | None
+    share: float | None
+    revision: int
+    actor: str
+    reason: str
+    created_at: datetime

@@ -157,6 +157,14 @@ def test_margin_and_promotion_rules(ws: Workspace, tmp_path: Path, mlops_cli) ->
     assert res.exit_code == 0, res.stderr
     res = mlops_cli("-w", ws.root, "models", "promote", cand.ref, "--to", "production")
     assert res.exit_code == 0 and "staging -> production" in res.stdout
+    # what serves what: the production alias and the deployment state, with who and when
+    (alias,) = json.loads(mlops_cli("-w", ws.root, "models", "aliases", "--json").stdout)
+    assert (alias["alias"], alias["model_version_id"]) == ("production", cand.id)
+    (state,) = json.loads(mlops_cli("-w", ws.root, "status", "--json").stdout)
+    assert state["production_version_id"] == cand.id and state["revision"] == 1
+    assert state["last_event"]["action"] == "promote" and state["updated_by"]
+    shown = mlops_cli("-w", ws.root, "status")
+    assert shown.exit_code == 0 and cand.ref in shown.stdout
     store = Store.open(ws.database_url)
     history = [(e.from_stage, e.to_stage, e.action) for e in store.stage_history(cand.ref)]
     assert history == [

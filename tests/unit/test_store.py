@@ -290,3 +290,122 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     store.close()
+
+
+# -- aliases and deployment state under concurrency ---------------------------------------------
+
+
+def _deploy_worker(url: str, p: int, out: str) -> None:
+    """One release manager's afternoon: promote, canary, roll back, shadow; refusals are fine."""
+    import json
+
+    store = Store.open(url)
+    done = []
+    ops = [
+        ("promote", f"m:{p + 1}"),
+        ("canary", f"m:{(p + 1) % 8 + 1}"),
+        ("rollback", ""),
+        ("shadow", f"m:{(p + 2) % 8 + 1}"),
+    ]
+    for op, ref in ops:
+        try:
+            if op == "promote":
+                store.set_stage(ref, "production", action="promote", reason=f"p{p}", actor=f"p{p}")
+            elif op == "canary":
+                store.set_canary(ref, 0.1, actor=f"p{p}")
+            elif op == "rollback":
+                store.rollback("m", reason=f"p{p}", actor=f"p{p}")
+            else:
+                store.set_shadow(ref, actor=f"p{p}")
+            done.append(op)
+        except MlopsError:
+            pass  # refused (already archived, nothing to roll back to): nothing changed
+    store.close()
+    Path(out).write_text(json.dumps(done))
+
+
+def _replay(events: list) -> dict:  # type: ignore[type-arg]
+    """The deployment state the audit trail describes, applied in revision order."""
+    state: dict = {"production": None, "canary": None, "share": 0.0, "shadow": None}  # type: ignore[type-arg]
+    for e in sorted(events, key=lambda e: e.revision):
+        v = e.model_version_id
+        if e.action in ("promote", "override", "rollback"):
+            state["production"] = v
+            if state["canary"] == v:
+                state["canary"], state["share"] = None, 0.0
+            if state["shadow"] == v:
+                state["shadow"] = None
+        elif e.action == "canary":
+            state["canary"], state["share"] = v, e.share
+        elif e.action == "shadow":
+            state["shadow"] = v
+    return state
+
+
+def test_eight_processes_promoting_canarying_and_rolling_back_leave_one_consistent_state(
+    db_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    store = Store.open(db_url)
+    store.upsert_dataset("m", "classification", {})
+    for i in range(8):
+        ref = store.register_model(name="m", dataset="m", path=f"p{i}").ref
+        store.set_stage(ref, "staging", action="gate", reason="ok", actor="gate")
+    ctx = mp.get_context("spawn")
+    outs = [tmp_path / f"done-{p}.json" for p in range(8)]
+    procs = [ctx.Process(target=_deploy_worker, args=(db_url, p, str(outs[p]))) for p in range(8)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(180)
+    assert [proc.exitcode for proc in procs] == [0] * 8
+    done = [op for out in outs for op in json.loads(out.read_text())]
+
+    aliases = store.list_aliases("m")
+    production = [a for a in aliases if a.alias == "production"]
+    assert len(production) == 1  # exactly one production alias ...
+    in_production = store.list_models(name="m", stage="production")
+    assert [m.id for m in in_production] == [production[0].model_version_id]  # ... and stage
+    state = store.deployment_state("m")
+    assert state is not None and state.production_version_id == production[0].model_version_id
+
+    # every action that succeeded is in the audit, once, each with its own revision
+    events = store.deployment_events("m")
+    assert sorted(e.action for e in events) == sorted(done)
+    assert sorted(e.revision for e in events) == list(range(1, len(events) + 1))
+    assert state.revision == len(events) == store.deployment_revision("m")
+    # and the state is what the audit trail says, replayed in order
+    replayed = _replay(events)
+    assert (state.production_version_id, state.canary_version_id, state.shadow_version_id) == (
+        replayed["production"], replayed["canary"], replayed["shadow"],
+    )  # fmt: skip
+    assert state.canary_share == pytest.approx(replayed["share"])
+    for alias, version in (
+        ("canary", state.canary_version_id),
+        ("shadow", state.shadow_version_id),
+    ):
+        assert [a.model_version_id for a in aliases if a.alias == alias] == (
+            [version] if version else []
+        )
+    assert done.count("promote") >= 1
+    store.close()
+
+
+def test_a_store_with_a_production_version_is_carried_forward(tmp_path: Path) -> None:
+    """Migration 0003 gives an existing production version its alias and deployment state."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine, "0002")
+    store = Store(engine)
+    store.upsert_dataset("m", "classification", {})
+    ref = store.register_model(name="m", dataset="m", path="p").ref
+    with engine.begin() as conn:  # as revision 0002 left it: a stage, no alias, no state
+        conn.exec_driver_sql("UPDATE model_versions SET stage = 'production'")
+    db.upgrade(engine)
+    (alias,) = store.list_aliases("m")
+    assert (alias.alias, f"m:{alias.version}") == ("production", ref)
+    state = store.deployment_state("m")
+    assert state is not None and state.revision == 1
+    assert [e.action for e in store.deployment_events("m")] == ["promote"]
+    store.close()
