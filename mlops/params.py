@@ -162,7 +162,12 @@ def read_params_file(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_params(path: Path, overrides: list[str] | None = None) -> Params:
-    """Read, override and validate `params.yaml` into typed sections."""
-    raw = merge(read_params_file(path), parse_overrides(overrides or []))
+Overrides = dict[str, dict[str, Any]]
+
+
+def load_params(path: Path, overrides: list[str] | Overrides | None = None) -> Params:
+    """Read, override and validate `params.yaml` into typed sections. `overrides` are `--set`
+    strings, or what `parse_overrides` made of them (parse once, pass that down)."""
+    parsed = parse_overrides(overrides or []) if isinstance(overrides, list | None) else overrides
+    raw = merge(read_params_file(path), parsed)
     return validate_params(raw, str(path.name))

@@ -45,7 +45,7 @@ def _isolated_env(
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     """A fresh, initialised workspace (its own git repo, DVC remote and SQLite store)."""
-    from mlops.workspace import init_workspace
+    from pipelines.init import init_workspace
 
     return init_workspace(tmp_path / "ws")
 

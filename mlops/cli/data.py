@@ -34,7 +34,7 @@ db_app = typer.Typer(help="The metadata store.", no_args_is_help=True)
 
 def init(directory: Path = typer.Argument(..., help="Folder for the new workspace.")) -> None:
     """Create a workspace: git, DVC with a local remote, params.yaml, data folders, the store."""
-    from mlops.workspace import init_workspace
+    from pipelines.init import init_workspace
 
     ws = init_workspace(directory)
     console.print(f"[green]workspace ready[/] at {ws.root}")

@@ -10,7 +10,7 @@ import typer
 if TYPE_CHECKING:  # only for annotations: the CLI imports the pipelines lazily
     from mlops.params import Params
     from mlops.settings import Workspace
-    from pipelines.registry import Artifacts
+    from pipelines.pipeline import Artifacts
 
 from mlops.cli.common import (
     JsonOption,
@@ -86,7 +86,7 @@ def _positive(metrics: dict[str, Any]) -> str:
 def _stage_inputs(ctx: typer.Context) -> tuple[Workspace, Params, Artifacts]:
     """What every stage command starts from: the workspace, its params, the artifact paths."""
     from mlops.params import load_params
-    from pipelines.registry import Artifacts
+    from pipelines.pipeline import Artifacts
 
     ws = workspace(ctx)
     return ws, load_params(ws.params_path), Artifacts(ws.root)
@@ -107,8 +107,8 @@ def stage_prepare(ctx: typer.Context) -> None:
 @stage_app.command("train")
 def stage_train(ctx: typer.Context) -> None:
     """Train the MLP (resuming from a checkpoint of this same run, if one exists)."""
+    from pipelines.pipeline import checkpoint_dir
     from pipelines.prepare import load_prepared
-    from pipelines.registry import checkpoint_dir
     from pipelines.train import run_train_stage
 
     ws, params, art = _stage_inputs(ctx)

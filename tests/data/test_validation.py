@@ -29,7 +29,7 @@ LIMITS = {"min_rows": 100, "max_rows": 10_000_000}
 
 @pytest.fixture(scope="module")
 def vws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    from mlops.workspace import init_workspace
+    from pipelines.init import init_workspace
 
     with pytest.MonkeyPatch.context() as mp:
         for key in ("MLOPS_HOME", "MLOPS_DATABASE_URL", "MLOPS_WORKSPACE"):

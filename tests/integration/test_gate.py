@@ -18,8 +18,9 @@ from pipelines.evaluate import evaluate_predictor, run_evaluate_stage
 from pipelines.gate import gate, improvement, promote
 from pipelines.ingest import ingest, load_source
 from pipelines.model import load_predictor
+from pipelines.pipeline import Artifacts
 from pipelines.prepare import PreparedData, prepare, save_prepared
-from pipelines.registry import Artifacts, register_candidate
+from pipelines.registry import register_candidate
 from pipelines.sources import AI4I_SPEC
 from pipelines.train import run_train_stage
 
