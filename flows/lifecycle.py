@@ -36,13 +36,13 @@ def ingest_task(
 ) -> dict[str, Any]:
     """Ingest the request; without one, take the workspace's data set's newest batch (or, in
     an empty workspace, the params' source)."""
-    from pipelines.datasets import newest_batch, resolve_dataset
+    from pipelines.datasets import has_data, newest_batch, resolve_dataset
     from pipelines.ingest import ingest, request_from_params
 
     log = get_run_logger()
     ws = open_workspace(root)
     with Store.open(ws.database_url) as store:
-        if request is None and (dataset or any(d.batches for d in store.list_datasets())):
+        if request is None and (dataset or has_data(store)):
             b = newest_batch(store, resolve_dataset(store, dataset))
             log.info("no source given: data set %s, its newest batch %s", b.dataset, b.id)
             return _batch_step(b, new=False, source="newest batch")

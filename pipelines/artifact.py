@@ -271,6 +271,11 @@ def runtime_versions(runtime: Runtime, onnx_bytes: bytes | None = None) -> dict[
 # -- the manifest and its checksums -------------------------------------------------------------
 
 
+def model_folder(path: Path) -> Path:
+    """A registered version's folder holds `model/`; a bare model folder is itself."""
+    return path / "model" if (path / "model" / MANIFEST).is_file() else path
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:

@@ -47,6 +47,7 @@ from mlops.params import CompressParams, EvaluateParams
 from mlops.settings import Workspace
 from mlops.store import ModelRecord, Store
 from pipelines import compress_methods as cm
+from pipelines.artifact import model_folder
 from pipelines.compress_report import RULE, CompressionReport, VariantResult, plot_tradeoff
 from pipelines.evaluate import evaluate_predictor, evaluate_scores, primary_metric
 from pipelines.gate import gate
@@ -83,11 +84,6 @@ class _Built:
 
 
 # -- building -------------------------------------------------------------------------------
-
-
-def model_dir_of(path: Path) -> Path:
-    """A registered version's folder holds `model/`; a bare model folder is itself."""
-    return path / "model" if (path / "model" / "manifest.json").is_file() else path
 
 
 def _distill_data(prepared: PreparedData, pre: Preprocessor, weighted: bool) -> cm.DistillData:
@@ -327,7 +323,7 @@ def compress_model(
     Variants are saved (save_model layout) under `out_dir/variants/<name>/`.
     """
     say = progress or (lambda _msg: None)
-    model_dir = model_dir_of(parent_dir)
+    model_dir = model_folder(parent_dir)
     manifest = read_manifest(model_dir)
     if manifest["runtime"] != "torch" or manifest.get("quantization"):
         kind = f"{manifest['runtime']} {manifest.get('quantization') or ''}".strip()

@@ -53,6 +53,11 @@ def resolve_dataset(store: Store, requested: str | None = None) -> str:
     )
 
 
+def has_data(store: Store) -> bool:
+    """Whether any data set of the workspace has a batch (else a run starts from a source)."""
+    return any(d.batches for d in store.list_datasets())
+
+
 def newest_batch(store: Store, dataset: str) -> BatchRecord:
     """The data set's most recently ingested batch; a one-line error when it has none."""
     batches = store.list_batches(dataset=dataset)

@@ -28,6 +28,7 @@ from mlops.errors import MlopsError
 from mlops.params import EvaluateParams
 from mlops.settings import Workspace
 from mlops.store import ModelRecord, Store
+from pipelines.artifact import model_folder
 from pipelines.evaluate import (
     _label_index,
     baseline_scores,
@@ -43,9 +44,8 @@ CONFIDENCE = 0.95
 
 
 def model_dir(ws: Workspace, record: ModelRecord) -> Path:
-    """The save_model directory of a version: `<its folder>/model`, or the folder itself."""
-    path = ws.version_dir(record.path)
-    return path / "model" if (path / "model" / "manifest.json").is_file() else path
+    """The save_model directory of a registered version."""
+    return model_folder(ws.version_dir(record.path))
 
 
 def improvement(candidate: float, reference: float, higher: bool) -> float:

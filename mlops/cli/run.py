@@ -49,7 +49,7 @@ def run(
     """
     from mlops.cli.data import print_loaded, source_request
     from mlops.params import load_params
-    from pipelines.datasets import resolve_dataset
+    from pipelines.datasets import has_data, resolve_dataset
     from pipelines.ingest import plan_request
 
     ws = workspace(ctx)  # configures PREFECT_HOME etc. before Prefect is imported
@@ -83,7 +83,7 @@ def run(
             loaded = request.load(ws, store)  # the whole check: file, separator, target, task
             if not as_json:
                 print_loaded(loaded)
-        elif dataset is not None or any(d.batches for d in store.list_datasets()):
+        elif dataset is not None or has_data(store):
             resolve_dataset(store, dataset)  # unknown or ambiguous: say so now
 
     from flows.lifecycle import run_lifecycle

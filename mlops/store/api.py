@@ -647,6 +647,8 @@ class Store:
     def _set_alias(
         self, s: Session, name: str, alias: str, version_id: int | None, actor: str
     ) -> None:
+        if alias not in ALIASES:
+            raise MlopsError(f"unknown alias {alias!r} (one of {', '.join(ALIASES)})")
         row = s.scalars(
             select(ModelAlias).where(ModelAlias.model_name == name, ModelAlias.alias == alias)
         ).first()
@@ -671,6 +673,7 @@ class Store:
         version_id: int | None,
         *,
         share: float | None = None,
+        clear: str | None = None,
         actor: str = "",
         reason: str = "",
     ) -> DeploymentState:
@@ -697,13 +700,12 @@ class Store:
         elif action == "shadow":
             state.shadow_version_id = version_id
             self._set_alias(s, name, "shadow", version_id, actor)
-        else:  # clear: what is cleared is in `reason`'s first word (canary | shadow)
-            what = reason.split(":", 1)[0]
-            if what == "canary":
-                state.canary_version_id, state.canary_share = None, 0.0
-            else:
-                state.shadow_version_id = None
-            self._set_alias(s, name, what, None, actor)
+        elif clear == "canary":
+            state.canary_version_id, state.canary_share = None, 0.0
+            self._set_alias(s, name, "canary", None, actor)
+        else:
+            state.shadow_version_id = None
+            self._set_alias(s, name, "shadow", None, actor)
         state.revision = (state.revision or 0) + 1
         state.updated_at, state.updated_by = utcnow(), actor
         s.add(
@@ -763,7 +765,9 @@ class Store:
         with self._tx() as s:
             self._lock_name(s, name)
             return _state(
-                self._deploy(s, name, "clear", None, actor=actor, reason=f"{what}: cleared")
+                self._deploy(
+                    s, name, "clear", None, clear=what, actor=actor, reason=f"{what} cleared"
+                )
             )
 
     def deployment_state(self, name: str) -> DeploymentStateRecord | None:
