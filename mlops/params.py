@@ -111,6 +111,24 @@ class CompressParams(_Section):
     regression_relative_drop: float = Field(0.02, ge=0)
 
 
+class ServeParams(_Section):
+    """`mlops serve`: the BentoML service's settings (read by each worker at start-up)."""
+
+    port: int = Field(3000, ge=1, le=65535)
+    workers: int = Field(2, ge=1)
+    # How often each worker reads the deployment revision (one primary-key read).
+    poll_s: float = Field(1.0, gt=0)
+    # Records per request, and bytes per request body: more gets a 4xx.
+    max_records: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(4_000_000, ge=1024)
+    # Requests waiting while a batch runs are merged, up to this many records.
+    max_batch_records: int = Field(512, ge=1)
+    # Prediction log: buffered in memory, written as Parquet every flush_s seconds.
+    log_flush_s: float = Field(1.0, gt=0)
+    # Regression: canary/shadow and production "disagree" beyond this many target std.
+    review_tolerance: float = Field(0.5, gt=0)
+
+
 class Params(_Section):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -118,6 +136,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     compress: CompressParams = CompressParams()
+    serve: ServeParams = ServeParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

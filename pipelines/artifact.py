@@ -130,6 +130,47 @@ class Preprocessor:
         category raises InputError naming the field and the rule instead of being replaced."""
         return self._encode(frame, strict=True)
 
+    def encode_records(
+        self, records: list[dict[str, Any]], nullable: frozenset[str] = frozenset()
+    ) -> np.ndarray:
+        """Serving's fast path: already type-checked records (dicts keyed by column) to the
+        same matrix `transform_strict` makes from a frame, without building one. A None in a
+        `nullable` column is imputed as `transform` does; anywhere else it is an InputError."""
+        n = len(records)
+        num = np.empty((n, len(self.numeric)), dtype=np.float64)
+        for j, col in enumerate(self.numeric):
+            try:
+                column = [r[col] for r in records]
+            except KeyError:
+                raise InputError(col, "required", "the field is missing") from None
+            if col not in nullable and any(v is None for v in column):
+                raise InputError(col, "required", "a value is missing (null)")
+            try:
+                num[:, j] = np.asarray(column, dtype=np.float64)  # None -> nan
+            except (TypeError, ValueError):
+                bad = next(v for v in column if v is not None and not _is_number(v))
+                raise InputError(col, "type", f"{bad!r} is not a number") from None
+        if np.isinf(num).any():
+            col = self.numeric[int(np.isinf(num).any(axis=0).argmax())]
+            raise InputError(col, "finite", "infinity is not a reading")
+        num = (num - np.asarray(self.means)) / np.asarray(self.stds)
+        parts = [np.nan_to_num(num, nan=0.0)]
+        for col, values in self.categories.items():
+            index = {v: i for i, v in enumerate(values)}
+            onehot = np.zeros((n, len(values)), dtype=np.float64)
+            for i, r in enumerate(records):
+                v = r.get(col)
+                if v is None:
+                    if col in nullable:
+                        continue
+                    raise InputError(col, "required", "a value is missing (null)")
+                k = index.get(str(v))
+                if k is None:
+                    raise InputError(col, "unseen category", f"{v!r} is not one of {values}")
+                onehot[i, k] = 1.0
+            parts.append(onehot)
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
     def _encode(self, frame: pd.DataFrame, *, strict: bool) -> np.ndarray:
         missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
@@ -360,11 +401,18 @@ class Predictor:
         x = pre.transform_strict(frame) if strict else pre.transform(frame)
         return outputs_to_scores(self.raw(x), pre)
 
-    def predict(self, frame: pd.DataFrame, *, strict: bool = False) -> np.ndarray:
-        s = self.scores(frame, strict=strict)
+    def scores_from_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities or target-unit predictions for preprocessed inputs."""
+        return outputs_to_scores(self.raw(x), self.preprocessor)
+
+    def labels(self, scores: np.ndarray) -> np.ndarray:
+        """Predicted labels (classification: the most probable class) from `scores`."""
         if self.config.task == "classification":
-            return np.asarray(self.preprocessor.classes, dtype=object)[s.argmax(axis=1)]
-        return s
+            return np.asarray(self.preprocessor.classes, dtype=object)[scores.argmax(axis=1)]
+        return scores
+
+    def predict(self, frame: pd.DataFrame, *, strict: bool = False) -> np.ndarray:
+        return self.labels(self.scores(frame, strict=strict))
 
 
 def outputs_to_scores(out: np.ndarray, pre: Preprocessor) -> np.ndarray:

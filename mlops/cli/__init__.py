@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from mlops.cli import compress, data, run, train, validate
+from mlops.cli import compress, data, run, serve, train, validate
 from mlops.cli.common import err_console
 from mlops.errors import MlopsError
 
@@ -42,6 +42,13 @@ app.command()(validate.validate)
 app.command()(run.run)
 app.command()(compress.compress)
 app.command()(train.status)
+app.command()(serve.package)
+app.command()(serve.serve)
+app.command()(serve.promote)
+app.command()(serve.rollout)
+app.command("rollback")(train.models_rollback)
+app.add_typer(serve.review_app, name="review")
+app.add_typer(serve.predictions_app, name="predictions")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -336,7 +336,7 @@ def models_promote(
     ws = workspace(ctx)
     with open_store(ws) as store:
         before = store.get_model(ref)
-        record = promote(store, ref, to, reason=reason, actor=_actor(), override=override)
+        record = promote(store, ref, to, reason=reason, actor=actor(), override=override)
     how = " (override)" if override else ""
     console.print(f"[green]{record.ref}[/]: {before.stage} -> {record.stage}{how}")
 
@@ -405,12 +405,12 @@ def models_rollback(
     with open_store(ws) as store:
         name = name or resolve_dataset(store)
         before = store.production_model(name)
-        record = store.rollback(name, reason=reason or "rollback", actor=_actor())
+        record = store.rollback(name, reason=reason or "rollback", actor=actor())
     was = f"{before.ref} archived, " if before else ""
     console.print(f"[green]rolled back[/] {name}: {was}{record.ref} in production")
 
 
-def _actor() -> str:
+def actor() -> str:
     try:
         return getpass.getuser()
     except Exception:  # no user name in some containers

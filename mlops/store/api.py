@@ -23,9 +23,12 @@ from mlops.store.models import (
     DeploymentEvent,
     DeploymentState,
     DriftReport,
+    Label,
     ModelAlias,
     ModelVersion,
     ModelVersionBatch,
+    Package,
+    Review,
     StageEvent,
     TrainingRun,
     Validation,
@@ -39,7 +42,10 @@ from mlops.store.records import (
     DeploymentRecord,
     DeploymentStateRecord,
     DriftRecord,
+    LabelRecord,
     ModelRecord,
+    PackageRecord,
+    ReviewRecord,
     RunRecord,
     StageEventRecord,
     ValidationRecord,
@@ -49,6 +55,9 @@ from mlops.store.records import (
 TRAINABLE_OUTCOMES = ("passed", "warned")
 ALIASES = ("production", "staging", "canary", "shadow")
 DEPLOY_ACTIONS = ("promote", "canary", "shadow", "rollback", "override", "clear")
+# What a server reports about a deployment change it could not carry out (audit only: these
+# leave the state and its revision as they are).
+SERVING_ACTIONS = ("swap-failed",)
 _RETRIES = 5
 STAGES = ("candidate", "staging", "production", "archived", "rejected")
 # Which stage changes each action may make. The gate decides candidates; a release manager
@@ -873,3 +882,112 @@ class Store:
             return [
                 _to(DriftRecord, r) for r in s.scalars(select(DriftReport).order_by(DriftReport.id))
             ]
+
+    # -- serving: packages, server reports, reviews, labels -----------------------------------
+
+    def record_serving_event(
+        self, name: str, action: str, ref: str | int | None, *, reason: str, actor: str = ""
+    ) -> DeploymentEventRecord:
+        """A server's report on the deployment state (a version it refused to swap in), kept in
+        the deployment audit; the state and its revision stay as they are."""
+        if action not in SERVING_ACTIONS:
+            raise MlopsError(f"unknown serving action {action!r} (one of {SERVING_ACTIONS})")
+        with self._tx() as s:
+            version_id = self._resolve(s, ref).id if ref is not None else None
+            revision = s.scalar(
+                select(DeploymentState.revision).where(DeploymentState.model_name == name)
+            )
+            row = DeploymentEvent(
+                model_name=name,
+                action=action,
+                model_version_id=version_id,
+                revision=int(revision or 0),
+                actor=actor,
+                reason=reason,
+            )
+            s.add(row)
+            s.flush()
+            return _to(DeploymentEventRecord, row)
+
+    def add_package(self, ref: str | int, *, model_tag: str, bento_tag: str) -> PackageRecord:
+        """Record (or update) where a version is packaged: its BentoML model tag and bento."""
+        with self._tx() as s:
+            mv = self._resolve(s, ref)
+            row = s.get(Package, mv.id)
+            if row is None:
+                row = Package(model_version_id=mv.id, model_tag=model_tag, bento_tag=bento_tag)
+                s.add(row)
+            else:
+                row.model_tag, row.bento_tag = model_tag, bento_tag
+            s.flush()
+            return _to(PackageRecord, row)
+
+    def get_package(self, ref: str | int) -> PackageRecord | None:
+        with self._tx() as s:
+            row = s.get(Package, self._resolve(s, ref).id)
+            return _to(PackageRecord, row) if row is not None else None
+
+    def add_reviews(self, items: Sequence[dict[str, Any]]) -> int:
+        """Queue disagreements for review; each item has the Review columns (model_name,
+        request_id, record, route, production_version_id, other_version_id, inputs,
+        production_output, other_output). Returns how many were queued."""
+        if not items:
+            return 0
+        with self._tx() as s:
+            s.add_all(Review(**item) for item in items)
+        return len(items)
+
+    def list_reviews(
+        self, name: str | None = None, *, status: str | None = "open", limit: int | None = None
+    ) -> list[ReviewRecord]:
+        q = select(Review).order_by(Review.id)
+        if name:
+            q = q.where(Review.model_name == name)
+        if status:
+            q = q.where(Review.status == status)
+        if limit:
+            q = q.limit(limit)
+        with self._tx() as s:
+            return [_to(ReviewRecord, r) for r in s.scalars(q)]
+
+    def resolve_review(self, review_id: int, label: str, *, actor: str = "") -> LabelRecord:
+        """Close a review with an engineer's decision, stored as the record's label, in one
+        transaction."""
+        with self._tx() as s:
+            review = s.get(Review, review_id)
+            if review is None:
+                raise NotFoundError(f"no review {review_id}")
+            if review.status != "open":
+                raise MlopsError(f"review {review_id} is already {review.status}")
+            review.status, review.resolved_at, review.resolved_by = "resolved", utcnow(), actor
+            return self._put_label(
+                s, review.model_name, review.request_id, review.record, label, "review", actor
+            )
+
+    def add_label(
+        self, name: str, request_id: str, record: int, value: str, *, source: str, actor: str = ""
+    ) -> LabelRecord:
+        """A ground-truth label for one served record; a later label replaces an earlier one."""
+        with self._tx() as s:
+            return self._put_label(s, name, request_id, record, value, source, actor)
+
+    @staticmethod
+    def _put_label(
+        s: Session, name: str, request_id: str, record: int, value: str, source: str, actor: str
+    ) -> LabelRecord:
+        row = s.scalars(
+            select(Label).where(Label.request_id == request_id, Label.record == record)
+        ).first()
+        if row is None:
+            row = Label(model_name=name, request_id=request_id, record=record)
+            s.add(row)
+        row.value, row.source, row.actor, row.created_at = str(value), source, actor, utcnow()
+        s.flush()
+        return _to(LabelRecord, row)
+
+    def list_labels(self, name: str | None = None) -> list[LabelRecord]:
+        q = select(Label).order_by(Label.id)
+        if name:
+            q = q.where(Label.model_name == name)
+        with self._tx() as s:
+            return [_to(LabelRecord, r) for r in s.scalars(q)]

@@ -242,3 +242,54 @@ class DeploymentEvent(Base):
     actor: Mapped[str] = mapped_column(String(128), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Package(Base):
+    """A version's BentoML model-store entry and the bento built around it: one per version,
+    so packaging twice reuses both."""
+
+    __tablename__ = "packages"
+
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    model_tag: Mapped[str] = mapped_column(String(256))
+    bento_tag: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Review(Base):
+    """A served request on which production and a canary or shadow version disagreed, waiting
+    for an engineer's decision."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    request_id: Mapped[str] = mapped_column(String(128), index=True)
+    record: Mapped[int] = mapped_column(Integer, default=0)  # index in the request's records
+    route: Mapped[str] = mapped_column(String(16))  # shadow | canary
+    production_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    other_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    production_output: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    other_output: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    resolved_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class Label(Base):
+    """A ground-truth label for one served record, joined to the prediction log by request id
+    and record index: from a resolved review or from feedback."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("request_id", "record", name="uq_labels_request_record"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    record: Mapped[int] = mapped_column(Integer, default=0)
+    value: Mapped[str] = mapped_column(Text)  # as the data set writes it; parsed by the reader
+    source: Mapped[str] = mapped_column(String(16))  # review | feedback
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -170,3 +170,41 @@ class DeploymentEventRecord(_Record):
     actor: str
     reason: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class PackageRecord(_Record):
+    model_version_id: int
+    model_tag: str
+    bento_tag: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ReviewRecord(_Record):
+    id: int
+    model_name: str
+    request_id: str
+    record: int
+    route: str
+    production_version_id: int
+    other_version_id: int
+    inputs: dict[str, Any]
+    production_output: dict[str, Any]
+    other_output: dict[str, Any]
+    status: str
+    created_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str
+
+
+@dataclass(frozen=True)
+class LabelRecord(_Record):
+    id: int
+    model_name: str
+    request_id: str
+    record: int
+    value: str
+    source: str
+    actor: str
+    created_at: datetime

@@ -1,0 +1,1 @@
+"""BentoML serving: the service, its request types, hot swap, batching and packaging."""

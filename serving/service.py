@@ -1,0 +1,483 @@
+"""The BentoML service: `mlops serve` runs it with `bentoml serve serving.service:MlopsService`.
+
+Which model it serves comes from the environment `mlops serve` sets (MLOPS_WORKSPACE,
+MLOPS_HOME, MLOPS_DATABASE_URL, MLOPS_SERVE_MODEL); its request type is generated from that
+model's manifest when this module is imported, and what answers is whatever the registry's
+deployment state says, re-read every `serve.poll_s` seconds by each worker (see serving/host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
+from pydantic import BaseModel, Field, ValidationError
+
+from mlops.errors import MlopsError
+from mlops.params import ServeParams, load_params
+from mlops.predictions import PredictionLog, Row
+from mlops.settings import configure_environment, get_workspace
+from mlops.store import ModelRecord, Store
+from pipelines.artifact import InputError, model_folder, read_manifest
+from serving.batcher import Batcher
+from serving.guard import BodyGuard
+from serving.host import Loaded, ModelHost, Routes, SwapReport
+from serving.schema import InputSchema, Prediction, PredictResponse, input_schema
+
+log = logging.getLogger("mlops.serving")
+
+ENV_MODEL = "MLOPS_SERVE_MODEL"
+ENV_VERSION = "MLOPS_SERVE_VERSION"
+ENV_WORKERS = "MLOPS_SERVE_WORKERS"
+ENV_ADMIN_TOKEN = "MLOPS_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class _ClientErrors(logging.Filter):
+    """BentoML logs every refused request as an ERROR with a traceback: a client's mistake is
+    not a server error, and a fuzzer or a bad client would flood the log. Count them instead."""
+
+    def __init__(self, count: Any) -> None:
+        super().__init__()
+        self.count = count
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        client = isinstance(exc, ValidationError) or (
+            isinstance(exc, BentoMLException) and exc.error_code.value < 500
+        )
+        if client:
+            self.count()
+        return not client
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What this server serves, worked out once per process when the module is imported."""
+
+    root: Path
+    home: Path
+    database_url: str
+    name: str
+    serve: ServeParams
+    schema: InputSchema
+    schema_from: str  # the version whose manifest gave the request type
+
+
+def _setup() -> Setup:
+    ws = get_workspace()
+    configure_environment(ws)
+    serve = load_params(ws.params_path).serve if ws.params_path.is_file() else ServeParams()
+    if os.environ.get(ENV_WORKERS):
+        serve = serve.model_copy(update={"workers": int(os.environ[ENV_WORKERS])})
+    with Store.open(ws.database_url, migrate=False) as store:
+        name = os.environ.get(ENV_MODEL) or _only_model(store)
+        source = _schema_version(store, name)
+        manifest = read_manifest(model_folder(ws.version_dir(source.path)))
+    if "schema" not in manifest:
+        raise MlopsError(f"{source.name}:{source.version} has no input schema (retrain it)")
+    return Setup(
+        ws.root, ws.home, ws.database_url, name, serve, input_schema(manifest["schema"]),
+        f"{source.name}:{source.version}",
+    )  # fmt: skip
+
+
+def _only_model(store: Store) -> str:
+    names = sorted({m.name for m in store.list_models()})
+    if len(names) != 1:
+        raise MlopsError(
+            f"set {ENV_MODEL} to the model to serve (this store has {names or 'no models'})"
+        )
+    return names[0]
+
+
+def _schema_version(store: Store, name: str) -> ModelRecord:
+    """The version whose schema the server takes: production's, else the newest staged one."""
+    if os.environ.get(ENV_VERSION):  # `mlops package` building a bento for this version
+        return store.get_model(f"{name}:{os.environ[ENV_VERSION]}")
+    state = store.deployment_state(name)
+    if state and state.production_version_id:
+        return store.get_model(state.production_version_id)
+    for stage in ("staging", None):
+        found = store.list_models(name, stage=stage)
+        if found:
+            return max(found, key=lambda m: m.version)
+    raise MlopsError(f"no model named {name!r} in the store")
+
+
+SETUP = _setup()
+Record = SETUP.schema.record
+Records = Annotated[
+    list[Record],  # type: ignore[valid-type]
+    Field(min_length=1, max_length=SETUP.serve.max_records, description="the records to score"),
+]
+
+
+class _Metrics:
+    """Our Prometheus series, created after BentoML has set up multiprocess collection."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests = Counter(
+            "mlops_requests", "Answered requests", ["model", "version", "route"]
+        )
+        self.records = Counter("mlops_records", "Answered records", ["model", "version", "route"])
+        self.rejected = Counter("mlops_rejected_requests", "Requests refused with a 4xx", ["model"])
+        self.latency = Histogram(
+            "mlops_request_seconds",
+            "Time to answer a request, after parsing",
+            ["model", "version"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self.disagreements = Counter(
+            "mlops_disagreements",
+            "Records where a canary or shadow version and production disagreed",
+            ["model", "version", "route"],
+        )
+        self.swaps = Counter("mlops_swaps", "Model swaps by outcome", ["model", "outcome"])
+        self.canary_share = Gauge(
+            "mlops_canary_share", "Canary share in force", ["model"], multiprocess_mode="max"
+        )
+        self.log_rows = Counter(
+            "mlops_prediction_log_rows", "Prediction log rows by write outcome", ["outcome"]
+        )
+
+
+_METRICS: _Metrics | None = None
+
+
+def _metrics() -> _Metrics:
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = _Metrics()
+    return _METRICS
+
+
+@bentoml.service(
+    name="mlops",
+    workers=SETUP.serve.workers,
+    # The defaults cost most of the throughput on a small model (STACK.md, BENCHMARKS.md).
+    logging={"access": {"enabled": False}},
+    tracing={"sample_rate": 0.0},
+    traffic={"timeout": 30},
+)
+class MlopsService:
+    def __init__(self) -> None:
+        self.metrics = _metrics()
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(
+            _ClientErrors(self.metrics.rejected.labels(SETUP.name).inc)
+        )
+        self.store = Store.open(SETUP.database_url, migrate=False)
+        self.worker = f"worker-{os.getpid()}"
+        self.plog = PredictionLog(
+            SETUP.home / "predictions",
+            flush_s=SETUP.serve.log_flush_s,
+            on_flush=self._log_flushed,
+        ).start()
+        self.batcher = Batcher(SETUP.serve.max_batch_records)
+        self.reviews: list[dict[str, Any]] = []
+        self._reviews_lock = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.host = ModelHost(
+            self.store,
+            SETUP.name,
+            SETUP.schema,
+            resolve_path=_packaged_path,
+            on_swap=self._swapped,
+            worker=self.worker,
+        )
+        try:
+            self.host.refresh()
+        except Exception:
+            log.exception("first deployment read failed; /readyz stays false until one works")
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="deployment-poll", daemon=True)
+        self._poller.start()
+
+    # -- health -------------------------------------------------------------------------
+
+    def __is_ready__(self) -> bool:
+        return self.host.ready
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self._stop.set()
+        self.plog.close()
+        self._flush_reviews()
+        self.batcher.close()
+        self.store.close()
+
+    # -- the API ------------------------------------------------------------------------
+
+    @bentoml.api(route="/predict")
+    async def predict(self, records: Records, ctx: bentoml.Context) -> PredictResponse:
+        """Score records: each field is a column of the data set, named as it is there."""
+        started = time.perf_counter()
+        request_id = _request_id(ctx)
+        ctx.response.headers["X-Request-ID"] = request_id
+        routes = self.host.routes  # taken once: this request finishes on these versions
+        model, route = routes.pick(ctx.request.headers.get("x-client-id") or request_id)
+        if model is None:
+            raise ServiceUnavailable(
+                f"no production version of {SETUP.name} is loaded yet (see `mlops status`)"
+            )
+        rows = [cast(BaseModel, r).model_dump(by_alias=True) for r in records]
+        x = _encode(model, rows)
+        scores = await self.batcher.scores(model, x)
+        answers = _answers(model, scores, request_id)
+        elapsed = time.perf_counter() - started
+        m = self.metrics
+        m.requests.labels(SETUP.name, model.ref, route).inc()
+        m.records.labels(SETUP.name, model.ref, route).inc(len(rows))
+        m.latency.labels(SETUP.name, model.ref).observe(elapsed)
+        now = datetime.now(UTC)
+        self.plog.append(_log_rows(request_id, now, model, route, rows, answers, scores, elapsed))
+        other = routes.shadow if routes.shadow is not None else None
+        if route == "canary" and routes.production is not None:
+            self._later(
+                self._compare(routes.production, model, "canary", rows, answers, request_id)
+            )
+        if other is not None and other.id != model.id:
+            self._later(self._compare(model, other, "shadow", rows, answers, request_id))
+        return PredictResponse(predictions=answers, version=model.ref, request_id=request_id)
+
+    @bentoml.api(route="/admin/reload")
+    def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Re-read the deployment state now (this worker; the others within serve.poll_s).
+        Needs `Authorization: Bearer $MLOPS_ADMIN_TOKEN`."""
+        refused = _refusal(ctx)
+        if refused:
+            ctx.response.status_code = 401
+            return {"error": refused}
+        report = self.host.refresh(force=True)
+        routes = self.host.routes
+        return {
+            "worker": self.worker,
+            "revision": routes.revision,
+            "serving": _describe(routes),
+            "loaded": report.loaded if report else [],
+            "refused": report.failed if report else {},
+        }
+
+    # -- work after the response --------------------------------------------------------
+
+    def _later(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _compare(
+        self,
+        production: Loaded,
+        other: Loaded,
+        route: str,
+        rows: list[dict[str, Any]],
+        answered: list[Prediction],
+        request_id: str,
+    ) -> None:
+        """Score the same records with the version that did not answer; log a shadow's answers;
+        queue each record where the two disagree for review."""
+        try:
+            silent = production if route == "canary" else other
+            x = _encode(silent, rows)
+            scores = await self.batcher.scores(silent, x)
+            theirs = _answers(silent, scores, request_id)
+            if route == "shadow":
+                now = datetime.now(UTC)
+                self.plog.append(
+                    _log_rows(request_id, now, other, "shadow", rows, theirs, scores, 0.0)
+                )
+            prod_answers, other_answers = (
+                (theirs, answered) if route == "canary" else (answered, theirs)
+            )
+            tolerance = SETUP.serve.review_tolerance * production.predictor.preprocessor.target_std
+            items = [
+                {
+                    "model_name": SETUP.name,
+                    "request_id": request_id,
+                    "record": i,
+                    "route": route,
+                    "production_version_id": production.id,
+                    "other_version_id": other.id,
+                    "inputs": rows[i],
+                    "production_output": p.model_dump(exclude={"request_id"}),
+                    "other_output": o.model_dump(exclude={"request_id"}),
+                }
+                for i, (p, o) in enumerate(zip(prod_answers, other_answers, strict=True))
+                if _disagree(p.prediction, o.prediction, tolerance)
+            ]
+            if items:
+                self.metrics.disagreements.labels(SETUP.name, other.ref, route).inc(len(items))
+                with self._reviews_lock:
+                    self.reviews.extend(items)
+        except Exception:
+            log.exception("comparing %s with production failed (the client was answered)", route)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(SETUP.serve.poll_s):
+            try:
+                self.host.refresh()
+            except Exception:
+                log.exception("deployment poll failed; serving what was loaded")
+            self._flush_reviews()
+
+    def _flush_reviews(self) -> None:
+        with self._reviews_lock:
+            items, self.reviews = self.reviews, []
+        if items:
+            try:
+                self.store.add_reviews(items)
+            except Exception:
+                log.exception("could not queue %d review(s)", len(items))
+
+    def _swapped(self, report: SwapReport) -> None:
+        m = self.metrics
+        if report.loaded:
+            m.swaps.labels(SETUP.name, "loaded").inc(len(report.loaded))
+        if report.failed:
+            m.swaps.labels(SETUP.name, "failed").inc(len(report.failed))
+        m.canary_share.labels(SETUP.name).set(self.host.routes.share)
+
+    def _log_flushed(self, rows: int, ok: bool) -> None:
+        self.metrics.log_rows.labels("written" if ok else "failed").inc(rows)
+
+
+def _packaged_path(record: ModelRecord) -> Path:
+    """A version's files in the BentoML model store (`mlops package` put them there)."""
+    with Store.open(SETUP.database_url, migrate=False) as store:
+        package = store.get_package(record.id)
+    if package is None:
+        raise MlopsError(
+            f"{record.name}:{record.version} is not packaged: run `mlops package "
+            f"{record.name}:{record.version}`"
+        )
+    return Path(bentoml.models.get(package.model_tag).path)
+
+
+def _request_id(ctx: bentoml.Context) -> str:
+    given = ctx.request.headers.get("x-request-id")
+    if given is None:
+        return uuid.uuid4().hex
+    if not _REQUEST_ID.match(given):
+        raise InvalidArgument(
+            "header 'X-Request-ID': 1 to 128 characters of letters, digits and ._:-"
+        )
+    return given
+
+
+def _refusal(ctx: bentoml.Context) -> str | None:
+    """Why an admin request is refused (401), or None: it carries the server's token."""
+    token = os.environ.get(ENV_ADMIN_TOKEN, "")
+    given = ctx.request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if not token:
+        return f"admin endpoints are off: the server was started without {ENV_ADMIN_TOKEN}"
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+        return "header 'Authorization': 'Bearer <token>' with the server's admin token is required"
+    return None
+
+
+def _encode(model: Loaded, rows: list[dict[str, Any]]) -> np.ndarray:
+    try:
+        return model.predictor.preprocessor.encode_records(rows, SETUP.schema.nullable)
+    except InputError as exc:
+        raise InvalidArgument(f"records: {exc}") from None
+
+
+def _answers(model: Loaded, scores: np.ndarray, request_id: str) -> list[Prediction]:
+    pred = model.predictor
+    labels = pred.labels(scores)
+    ref = model.ref
+    if pred.config.task == "classification":
+        classes = [str(c) for c in pred.preprocessor.classes]
+        best = scores.max(axis=1)
+        return [
+            Prediction(
+                prediction=_plain(labels[i]),
+                probability=float(best[i]),
+                probabilities=dict(zip(classes, map(float, scores[i]), strict=True)),
+                version=ref,
+                request_id=request_id,
+            )
+            for i in range(len(labels))
+        ]
+    return [Prediction(prediction=float(v), version=ref, request_id=request_id) for v in labels]
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _disagree(a: Any, b: Any, tolerance: float) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) > tolerance
+    return bool(a != b)
+
+
+def _positive_score(model: Loaded, scores: np.ndarray) -> np.ndarray:
+    """The log's `score`: P(positive class) for a binary model, the top probability for a
+    multi-class one, the value for regression."""
+    pred = model.predictor
+    if pred.config.task != "classification":
+        return scores
+    classes = [str(c) for c in pred.preprocessor.classes]
+    positive = pred.spec.positive_class
+    if positive is not None and str(positive) in classes:
+        return scores[:, classes.index(str(positive))]
+    return scores.max(axis=1)
+
+
+def _log_rows(
+    request_id: str,
+    now: datetime,
+    model: Loaded,
+    route: str,
+    rows: list[dict[str, Any]],
+    answers: list[Prediction],
+    scores: np.ndarray,
+    elapsed: float,
+) -> list[Row]:
+    score = _positive_score(model, scores)
+    return [
+        Row(
+            request_id=request_id,
+            record=i,
+            ts=now,
+            model=model.name,
+            version=model.version,
+            route=route,
+            inputs=rows[i],
+            prediction=answers[i].prediction,
+            score=float(score[i]),
+            latency_ms=elapsed * 1000.0,
+        )
+        for i in range(len(rows))
+    ]
+
+
+def _describe(routes: Routes) -> dict[str, Any]:
+    return {
+        "production": routes.production.ref if routes.production else None,
+        "canary": routes.canary.ref if routes.canary else None,
+        "canary_share": routes.share,
+        "shadow": routes.shadow.ref if routes.shadow else None,
+    }
+
+
+cast(Any, MlopsService).add_asgi_middleware(
+    BodyGuard, max_bytes=SETUP.serve.max_body_bytes, paths=("/predict", "/admin/reload")
+)
