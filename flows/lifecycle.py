@@ -1,6 +1,7 @@
 """The lifecycle flow: Prefect wiring only. Each task calls plain functions in `pipelines/`.
 
-ingest -> validate -> train + evaluate (DVC stages, the promotion gate) -> compress
+ingest -> validate -> train + evaluate (DVC stages, the promotion gate) -> compress -> package
+-> deploy (the first production version only; later ones wait for a release manager)
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlops.errors import ValidationFailed
-from mlops.params import Params, load_params
+from mlops.params import Params, ServeParams, load_params
+from mlops.settings import configure_environment
 from mlops.store import BatchRecord, Store
 from mlops.workspace import open_workspace
 from pipelines.ingest import SourceRequest
@@ -138,6 +140,47 @@ def compress_task(root: str, params: Params, ref: str) -> dict[str, Any]:
     }
 
 
+@task(name="package-deploy")
+def deploy_task(root: str, serve: ServeParams, ref: str) -> dict[str, Any]:
+    """Package the staged version; when the model has no production version yet, make it
+    production and check that it serves. Later versions stay staged: promoting or
+    canarying them is a release manager's call (`mlops promote`, `mlops rollout`)."""
+    from pipelines.artifact import model_folder, read_manifest
+    from pipelines.gate import promote
+    from serving.package import package_version
+    from serving.smoke import serve_check
+
+    ws = open_workspace(root)
+    configure_environment(ws)
+    with Store.open(ws.database_url) as store:
+        done = package_version(store, ws, ref, bento=serve.bento)
+        record = done.record
+        production = store.production_model(record.name)
+        out: dict[str, Any] = {
+            "model": record.ref,
+            "bento": done.package.bento_tag,
+            "reused": done.reused,
+        }
+        if production is not None:
+            out["production"] = production.ref
+            if production.id != record.id:
+                out["next"] = (
+                    f"mlops rollout {record.ref} --canary 10, or mlops promote {record.ref}"
+                )
+            return out
+        promote(store, record.ref, "production", reason="first version of this model",
+                actor="lifecycle")  # fmt: skip
+    out["production"] = record.ref
+    if not serve.check:
+        return out
+    schema = read_manifest(model_folder(ws.version_dir(record.path)))["schema"]
+    check = serve_check(ws, record.name, schema)
+    get_run_logger().info("%s is production and serves (%s)", record.ref, check.version)
+    out.update(served=f"{check.records} records answered by {check.version}",
+               serve_check_s=round(check.seconds, 1))  # fmt: skip
+    return out
+
+
 def _primary(metrics: dict[str, Any]) -> str:
     name = metrics.get("primary_metric")
     value = metrics.get(name) if isinstance(name, str) else None
@@ -177,6 +220,10 @@ def lifecycle(
     steps["train"] = train_task(root, pipeline_overrides, steps["ingest"]["dataset"])
     if steps["train"]["stage"] in ("staging", "production"):
         steps["compress"] = compress_task(root, params, steps["train"]["model"])
+        child = steps["compress"]
+        usable = child.get("stage") in ("staging", "production")
+        staged = child["model"] if usable else steps["train"]["model"]
+        steps["deploy"] = deploy_task(root, params.serve, staged)
     else:
         steps["compress"] = {"model": None, "reason": "candidate was not promoted"}
 

@@ -127,6 +127,10 @@ class ServeParams(_Section):
     log_flush_s: float = Field(1.0, gt=0)
     # Regression: canary/shadow and production "disagree" beyond this many target std.
     review_tolerance: float = Field(0.5, gt=0)
+    # The lifecycle flow: build a bento when it packages, and start the service once to check
+    # that the first production version answers.
+    bento: bool = True
+    check: bool = True
 
 
 class Params(_Section):

@@ -38,6 +38,7 @@ Runtime = Literal["torch", "onnx"]
 ONNX_INPUT, ONNX_OUTPUT = "x", "y"
 MANIFEST = "manifest.json"
 _NO_CATEGORY = "\x00missing"
+_MAX_STDS = 1e9  # serving refuses a reading further than this from the training mean
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ class Preprocessor:
                 raise InputError(col, "required", "a value is missing (null)")
             try:
                 num[:, j] = np.asarray(column, dtype=np.float64)  # None -> nan
+            except OverflowError:
+                raise InputError(col, "range", "a number too large for a reading") from None
             except (TypeError, ValueError):
                 bad = next(v for v in column if v is not None and not _is_number(v))
                 raise InputError(col, "type", f"{bad!r} is not a number") from None
@@ -154,6 +157,16 @@ class Preprocessor:
             col = self.numeric[int(np.isinf(num).any(axis=0).argmax())]
             raise InputError(col, "finite", "infinity is not a reading")
         num = (num - np.asarray(self.means)) / np.asarray(self.stds)
+        # The model computes in float32: a reading absurdly far from anything seen in training
+        # would overflow there and come back as NaN. Refuse it instead.
+        huge = np.abs(np.nan_to_num(num)) > _MAX_STDS
+        if huge.any():
+            col = self.numeric[int(huge.any(axis=0).argmax())]
+            raise InputError(
+                col,
+                "range",
+                f"more than {_MAX_STDS:.0e} training standard deviations from the mean",
+            )
         parts = [np.nan_to_num(num, nan=0.0)]
         for col, values in self.categories.items():
             index = {v: i for i, v in enumerate(values)}

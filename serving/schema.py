@@ -24,6 +24,13 @@ def _category(value: Any) -> Any:
     return str(value) if isinstance(value, int | float) else value
 
 
+def _number(value: Any) -> Any:
+    # JSON has numbers: true or "300.5" for a reading is a client bug, not a value to coerce.
+    if isinstance(value, bool | str):
+        raise ValueError("a JSON number is required")
+    return value
+
+
 def _identifier(name: str, taken: set[str]) -> str:
     base = re.sub(r"\W+", "_", name).strip("_") or "field"
     if base[0].isdigit() or keyword.iskeyword(base) or base.startswith(("model_", "_")):
@@ -75,7 +82,8 @@ def input_schema(schema: dict[str, Any]) -> InputSchema:
             ]
             doc["description"] = f"one of the {len(f['categories'])} training categories"
         else:
-            kind = int if dtype == "integer" else float
+            base: Any = int if dtype == "integer" else float
+            kind = Annotated[base, BeforeValidator(_number)]
             lo, hi = f.get("range") or (None, None)
             doc["description"] = (
                 f"{dtype}; training range {lo} to {hi}" if lo is not None else dtype

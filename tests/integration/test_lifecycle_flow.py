@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mlops.predictions import read_log
 from mlops.settings import Workspace
 from mlops.store import Store
 
@@ -39,6 +40,19 @@ def test_lifecycle_runs_every_step_and_records_lineage(ws: Workspace, prefect_se
         if model.stage == "staging":
             child = steps["compress"]["model"]
             assert child is None or store.get_model(child).parent_id == model.id
+            # the staged version (the compressed child when the gate staged it) is packaged,
+            # made production (there was none) and answered through a real server
+            deploy = steps["deploy"]
+            deployed = store.get_model(deploy["production"])
+            assert store.production_model(deployed.name).ref == deployed.ref
+            assert deployed.ref in (model.ref, child)
+            package = store.get_package(deployed.ref)
+            assert package is not None and package.bento_tag == deploy["bento"] != ""
+            assert deploy["served"] == f"3 records answered by {deployed.ref}"
+            log = read_log(ws.predictions_dir, deployed.name)
+            assert len(log) == 3 and set(log["version"]) == {deployed.version}
+        else:
+            assert "deploy" not in steps
     finally:
         store.close()
 
@@ -70,11 +84,12 @@ def test_running_twice_with_nothing_new_adds_no_model_version(
     """`make run` twice: the second run retrains nothing (DVC) and reuses the compressed child."""
     from flows.lifecycle import lifecycle
 
-    first = lifecycle(workspace=str(ws.root), overrides=SMALL, return_state=True)
+    quick = [*SMALL, "serve.bento=false", "serve.check=false"]
+    first = lifecycle(workspace=str(ws.root), overrides=quick, return_state=True)
     assert first.is_completed(), first.message
     with Store.open(ws.database_url) as store:
         before = [(m.ref, m.stage) for m in store.list_models()]
-    second = lifecycle(workspace=str(ws.root), overrides=SMALL, return_state=True)
+    second = lifecycle(workspace=str(ws.root), overrides=quick, return_state=True)
     assert second.is_completed(), second.message
     steps = second.result().steps
     with Store.open(ws.database_url) as store:
@@ -83,3 +98,5 @@ def test_running_twice_with_nothing_new_adds_no_model_version(
     assert steps["ingest"]["new"] is False and steps["train"]["model"] == before[0][0]
     if "reused" in steps["compress"]:
         assert steps["compress"]["reused"] is True
+    if "deploy" in steps:  # packaged once, by the first run
+        assert steps["deploy"]["reused"] is True

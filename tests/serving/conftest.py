@@ -53,7 +53,8 @@ class Served:
         return Store.open(self.ws.database_url)
 
     def reset(self) -> None:
-        """`good` in production, no canary, no shadow; wait until every worker serves it."""
+        """`good` in production, the others staged, no canary, no shadow; wait until every
+        worker serves `good`."""
         with self.store() as store:
             state = store.deployment_state("ai4i")
             if state and state.canary_version_id:
@@ -62,6 +63,9 @@ class Served:
                 store.clear_deployment("ai4i", "shadow", actor="test")
             if store.get_model(self.good.id).stage != "production":
                 store.set_stage(self.good.id, "production", action="override", reason="test reset")
+            for other in (self.noise, self.spare):  # staged again, ready for the next test
+                if store.get_model(other.id).stage != "staging":
+                    store.set_stage(other.id, "staging", action="override", reason="test reset")
         wait_for(lambda: versions_seen(self, 40) == {self.good.ref}, what="good on every worker")
 
     def predict(self, records: list[dict[str, Any]], **headers: str) -> httpx.Response:

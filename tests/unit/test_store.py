@@ -21,6 +21,12 @@ EXPECTED_TABLES = {
     "stage_events",
     "deployments",
     "drift_reports",
+    "model_aliases",
+    "deployment_states",
+    "deployment_events",
+    "packages",
+    "reviews",
+    "labels",
     "alembic_version",
 }
 
@@ -408,4 +414,53 @@ def test_a_store_with_a_production_version_is_carried_forward(tmp_path: Path) ->
     state = store.deployment_state("m")
     assert state is not None and state.revision == 1
     assert [e.action for e in store.deployment_events("m")] == ["promote"]
+    store.close()
+
+
+def test_packages_reviews_labels_and_server_reports(db_url: str) -> None:
+    store = Store.open(db_url)
+    _batch(store, "ai4i-b1")
+    v1 = store.register_model(name="ai4i", dataset="ai4i", path="m1", batch_ids=["ai4i-b1"])
+    v2 = store.register_model(name="ai4i", dataset="ai4i", path="m2", batch_ids=["ai4i-b1"])
+    # a package per version, updated in place
+    assert store.get_package(v1.id) is None
+    store.add_package(v1.ref, model_tag="ai4i:v1", bento_tag="")
+    assert store.add_package(v1.id, model_tag="ai4i:v1", bento_tag="b:v1").bento_tag == "b:v1"
+    assert store.get_package(v1.ref).model_tag == "ai4i:v1"  # type: ignore[union-attr]
+    # a server's refusal is audited without moving the revision
+    store.set_stage(v1.id, "production", action="override", reason="setup")
+    revision = store.deployment_revision("ai4i")
+    event = store.record_serving_event("ai4i", "swap-failed", v2.id, reason="sha256", actor="w1")
+    assert (event.action, event.revision, event.model_version_id) == (
+        "swap-failed",
+        revision,
+        v2.id,
+    )
+    assert store.deployment_revision("ai4i") == revision
+    with pytest.raises(MlopsError, match="unknown serving action"):
+        store.record_serving_event("ai4i", "promote", v2.id, reason="no")
+    # reviews: queued, listed, resolved once into a label
+    item = {
+        "model_name": "ai4i", "route": "shadow", "production_version_id": v1.id,
+        "other_version_id": v2.id, "inputs": {"Torque [Nm]": 40.0},
+        "production_output": {"prediction": 0}, "other_output": {"prediction": 1},
+    }  # fmt: skip
+    assert store.add_reviews([{**item, "request_id": "r1", "record": 0},
+                              {**item, "request_id": "r1", "record": 3}]) == 2  # fmt: skip
+    open_ = store.list_reviews("ai4i")
+    assert [(r.request_id, r.record, r.status) for r in open_] == [
+        ("r1", 0, "open"),
+        ("r1", 3, "open"),
+    ]
+    label = store.resolve_review(open_[1].id, "1", actor="eng")
+    assert (label.request_id, label.record, label.value, label.source) == ("r1", 3, "1", "review")
+    assert [r.record for r in store.list_reviews("ai4i")] == [0]
+    assert store.list_reviews(status="resolved")[0].resolved_by == "eng"
+    with pytest.raises(MlopsError, match="already resolved"):
+        store.resolve_review(open_[1].id, "0")
+    with pytest.raises(NotFoundError):
+        store.resolve_review(999, "0")
+    # a later label for the same record replaces the earlier one
+    store.add_label("ai4i", "r1", 3, "0", source="feedback", actor="ops")
+    assert [(x.value, x.source) for x in store.list_labels("ai4i")] == [("0", "feedback")]
     store.close()
