@@ -423,16 +423,27 @@ def status(
     as_json: bool = JsonOption,
 ) -> None:
     """What serves what: per model name, production, canary (and its share) and shadow, since
-    when and by whom, the revision, and the last deployment change."""
+    when and by whom, the revision, the last deployment change, and any version the servers
+    refused to load since (failed checksum, smoke check or schema)."""
     ws = workspace(ctx)
     with open_store(ws) as store:
         states = [s for s in store.list_deployment_states() if name in (None, s.model_name)]
         refs = {m.id: m.ref for m in store.list_models(name=name)}
-        last = {s.model_name: _last(store.deployment_events(s.model_name)) for s in states}
+        events = {s.model_name: store.deployment_events(s.model_name) for s in states}
+    last = {
+        name: _last([e for e in evs if e.action != "swap-failed"]) for name, evs in events.items()
+    }
+    # What servers refused since the state last changed (a version that failed its checks).
+    refused = {
+        s.model_name: [e for e in events[s.model_name]
+                       if e.action == "swap-failed" and e.revision == s.revision]
+        for s in states
+    }  # fmt: skip
     if as_json:
         print_json(
             [{**s.to_dict(), "last_event": (last[s.model_name].to_dict()
-                                             if last[s.model_name] else None)} for s in states]
+                                             if last[s.model_name] else None),
+              "refused": [e.to_dict() for e in refused[s.model_name]]} for s in states]
         )  # fmt: skip
         return
     if not states:
@@ -451,11 +462,22 @@ def status(
                 s.revision,
                 f"{short_time(s.updated_at)} by {s.updated_by or '?'}",
                 f"{event.action}: {event.reason}" if event else "",
+                "; ".join(sorted({f"{refs.get(e.model_version_id or -1, '?')}: {e.reason}"
+                                  for e in refused[s.model_name]})) or "-",
             ]
         )  # fmt: skip
     print_table(
         "deployment state",
-        ["model", "production", "canary", "shadow", "revision", "changed", "last change"],
+        [
+            "model",
+            "production",
+            "canary",
+            "shadow",
+            "revision",
+            "changed",
+            "last change",
+            "refused by servers",
+        ],
         rows,
     )
 

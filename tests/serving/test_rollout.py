@@ -220,7 +220,10 @@ def test_a_corrupt_version_is_refused_and_the_old_one_keeps_answering(served: Se
     metrics = httpx.get(f"{served.url}/metrics").text
     assert 'mlops_swaps_total{model="ai4i",outcome="failed"}' in metrics
     status = _cli(served, "status", "--json")
-    assert json.loads(status)[0]["last_event"]["action"] == "swap-failed"
+    (state,) = json.loads(status)
+    assert state["last_event"]["action"] == "promote"
+    assert {e["model_version_id"] for e in state["refused"]} == {served.spare.id}
+    assert "sha256" in _cli(served, "status")
     served.reset()
 
 
@@ -334,7 +337,7 @@ def test_killing_a_worker_under_load_recovers_by_itself(served: Served) -> None:
 def _cli(served: Served, *args: str, check: bool = True) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "mlops", "-w", str(served.ws.root), *args],
-        env=served.env, capture_output=True, text=True,
+        env={**served.env, "COLUMNS": "250"}, capture_output=True, text=True,
     )  # fmt: skip
     if check:
         assert proc.returncode == 0, proc.stderr
