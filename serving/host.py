@@ -13,11 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -204,9 +202,3 @@ def smoke(predictor: Predictor) -> None:
         sums = scores.sum(axis=1)
         if not np.allclose(sums, 1.0, atol=1e-3):
             raise ValueError("the smoke probabilities do not sum to 1")
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0

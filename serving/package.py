@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlops.errors import MlopsError
 from mlops.settings import Workspace
@@ -71,12 +72,29 @@ def data_hash(record: ModelRecord) -> str:
     return hashlib.sha256("\n".join(md5s).encode()).hexdigest()[:16]
 
 
-def _exists(kind: str, tag: str) -> bool:
+def model_store(ws: Workspace) -> Any:
+    """The workspace's BentoML model store, named explicitly: BentoML fixes its home when first
+    imported, and one process may package for more than one workspace."""
+    from bentoml._internal.models import ModelStore
+
+    return ModelStore(str(ws.bentoml_home / "models"))
+
+
+def bento_store(ws: Workspace) -> Any:
+    from bentoml._internal.bento import BentoStore
+
+    return BentoStore(str(ws.bentoml_home / "bentos"))
+
+
+def _exists(ws: Workspace, kind: str, tag: str) -> bool:
     import bentoml
     from bentoml.exceptions import NotFound
 
     try:
-        (bentoml.models.get if kind == "model" else bentoml.bentos.get)(tag)
+        if kind == "model":
+            bentoml.models.get(tag, _model_store=model_store(ws))
+        else:
+            bentoml.bentos.get(tag, _bento_store=bento_store(ws))
     except NotFound:
         return False
     return True
@@ -91,9 +109,9 @@ def package_version(store: Store, ws: Workspace, ref: str | int, *, bento: bool 
         raise MlopsError(f"{record.ref} was rejected by the gate: it is not packaged")
     existing = store.get_package(record.id)
     tag = model_tag(record)
-    have_model = _exists("model", tag)
+    have_model = _exists(ws, "model", tag)
     have_bento = existing is not None and bool(existing.bento_tag)
-    have_bento = have_bento and _exists("bento", existing.bento_tag if existing else "")
+    have_bento = have_bento and _exists(ws, "bento", existing.bento_tag if existing else "")
     if existing and have_model and (have_bento or not bento):
         return Packaged(record, existing, reused=True)
     folder = model_folder(ws.version_dir(record.path))
@@ -114,7 +132,10 @@ def package_version(store: Store, ws: Workspace, ref: str | int, *, bento: bool 
             "metrics": {k: v for k, v in record.metrics.items() if isinstance(v, int | float)},
             "dataset": record.dataset,
         }
-        with bentoml.models.create(tag, labels=labels, metadata=metadata) as entry:
+        (ws.bentoml_home / "models").mkdir(parents=True, exist_ok=True)
+        with bentoml.models.create(
+            tag, labels=labels, metadata=metadata, _model_store=model_store(ws)
+        ) as entry:
             shutil.copytree(folder, entry.path, dirs_exist_ok=True)
     bento_tag = existing.bento_tag if existing is not None and have_bento else ""
     if bento and not bento_tag:

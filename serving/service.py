@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError
 from mlops.errors import MlopsError
 from mlops.params import ServeParams, load_params
 from mlops.predictions import PredictionLog, Row
-from mlops.settings import configure_environment, get_workspace
+from mlops.settings import Workspace, configure_environment, get_workspace
 from mlops.store import ModelRecord, Store
 from pipelines.artifact import InputError, model_folder, read_manifest
 from serving.batcher import Batcher
@@ -361,10 +361,11 @@ def _packaged_path(record: ModelRecord) -> Path:
     with Store.open(SETUP.database_url, migrate=False) as store:
         package = store.get_package(record.id)
     if package is None:
-        raise MlopsError(
-            f"{record.name}:{record.version} is not packaged: run `mlops package "
-            f"{record.name}:{record.version}`"
-        )
+        # Promoted with `mlops models promote` (which does not package): serve the registry's
+        # folder rather than nothing; its checksums are verified all the same.
+        log.warning("%s is not packaged (`mlops package`): serving its registry folder", record.ref)
+        ws = Workspace(SETUP.root, SETUP.home, SETUP.database_url)
+        return model_folder(ws.version_dir(record.path))
     return Path(bentoml.models.get(package.model_tag).path)
 
 

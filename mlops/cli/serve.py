@@ -88,6 +88,7 @@ def serve(
         "MLOPS_DATABASE_URL": ws.database_url,
         "MLOPS_SERVE_MODEL": name,
         "MLOPS_SERVE_WORKERS": str(workers or serve_params.workers),
+        "BENTOML_HOME": str(ws.bentoml_home),  # where `mlops package` put the models
     }
     bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"
     argv = [bentoml, "serve", "serving.service:MlopsService", "--host", host,

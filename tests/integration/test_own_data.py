@@ -149,10 +149,13 @@ def test_mlops_run_on_a_file_outside_the_workspace_then_plain_run_stays_on_it(
         frame.iloc[:900].to_parquet(source, index=False)
 
     out = _mlops_process(
-        "-w", root, "run", "--source", f"{source.suffix[1:]}:{source}", "--target", target, "--json"
-    )
+        "-w", root, "run", "--source", f"{source.suffix[1:]}:{source}", "--target", target,
+        "--set", "serve.bento=false", "--json",
+    )  # fmt: skip
     assert out.exit_code == 0, out.stderr
     steps = json.loads(out.stdout)
+    # the user's columns became the API: the first version was served and answered
+    assert steps["deploy"]["served"].startswith("3 records answered by ")
     assert steps["ingest"]["dataset"] == name and steps["ingest"]["new"] is True
     assert steps["validate"]["outcome"] == "passed"
     with _store(root) as store:
@@ -169,7 +172,7 @@ def test_mlops_run_on_a_file_outside_the_workspace_then_plain_run_stays_on_it(
             assert json.loads(joined.stdout)["dataset"] == name
 
         # ... and plain `mlops run` retrains on the workspace's data set, not on ai4i
-        again = _mlops_process("-w", root, "run", "--json")
+        again = _mlops_process("-w", root, "run", "--set", "serve.bento=false", "--json")
         assert again.exit_code == 0, again.stderr
         steps = json.loads(again.stdout)
         assert steps["ingest"]["dataset"] == name

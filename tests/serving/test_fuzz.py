@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-
-from tests.serving.conftest import TOKEN, Served
+from serving_kit import TOKEN, Served
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -6,9 +6,10 @@ import time
 
 import bentoml
 import pytest
+from serving_kit import POLL_S, Served, versions_seen
+from test_rollout import _cli
 
-from tests.serving.conftest import POLL_S, Served, versions_seen
-from tests.serving.test_rollout import _cli
+from serving.package import bento_store, model_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -20,9 +21,9 @@ def test_package_builds_a_bento_once_and_reuses_it(served: Served) -> None:
     with served.store() as store:
         package = store.get_package(ref)
     assert package is not None and package.bento_tag
-    bento = bentoml.bentos.get(package.bento_tag)
+    bento = bentoml.bentos.get(package.bento_tag, _bento_store=bento_store(served.ws))
     assert [str(m.tag) for m in bento.info.all_models] == [package.model_tag]
-    model = bentoml.models.get(package.model_tag)
+    model = bentoml.models.get(package.model_tag, _model_store=model_store(served.ws))
     labels = model.info.labels
     assert labels["version"] == str(served.spare.version) and labels["runtime"] == "torch"
     assert labels["primary_metric"] == "pr_auc" and len(labels["data_hash"]) == 16

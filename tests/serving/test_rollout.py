@@ -20,11 +20,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from serving_kit import POLL_S, Served, wait_for
 
 from mlops.predictions import read_log
 from pipelines.artifact import load_predictor, model_folder, read_manifest
 from serving.host import canary_side
-from tests.serving.conftest import POLL_S, Served, wait_for
+from serving.package import model_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -200,7 +201,9 @@ def test_a_corrupt_version_is_refused_and_the_old_one_keeps_answering(served: Se
     with served.store() as store:
         package = store.get_package(served.spare.id)
         assert package is not None
-        folder = Path(bentoml.models.get(package.model_tag).path)
+        folder = Path(
+            bentoml.models.get(package.model_tag, _model_store=model_store(served.ws)).path
+        )
         weights = folder / read_manifest(folder)["weights"]
         assert weights.is_file()
         original = weights.read_bytes()

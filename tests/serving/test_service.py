@@ -7,8 +7,7 @@ import math
 
 import httpx
 import pytest
-
-from tests.serving.conftest import TOKEN, Served
+from serving_kit import TOKEN, Served
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
