@@ -124,7 +124,7 @@ class ServeParams(_Section):
     # Requests waiting while a batch runs are merged, up to this many records.
     max_batch_records: int = Field(512, ge=1)
     # Prediction log: buffered in memory, written as Parquet every flush_s seconds.
-    log_flush_s: float = Field(1.0, gt=0)
+    log_flush_s: float = Field(5.0, gt=0)
     # Regression: canary/shadow and production "disagree" beyond this many target std.
     review_tolerance: float = Field(0.5, gt=0)
     # The lifecycle flow: build a bento when it packages, and start the service once to check

@@ -3,10 +3,12 @@
 Written by the server (off the request path, in batches), read by monitoring, the review queue
 and `mlops predictions tail`. One row per served record:
 
-    request_id  record  ts (UTC)  model  version  route  inputs (JSON)  prediction (JSON)
-    score  latency_ms
+    request_id  record  ts (UTC)  model  version  route  prediction (text)  score  latency_ms
+    input.<column> ... (one column per input field, named as in the data set)
 
-`route` is production, canary or shadow; shadow rows are answers nobody received. Files are
+`route` is production, canary or shadow; shadow rows are answers nobody received. A server
+takes one input schema for its model name (it refuses a version whose schema differs), so
+a model's files share their `input.*` columns. Files are
 `<home>/predictions/<model>/date=YYYY-MM-DD/hour=HH/<writer>-<n>.parquet`, each written to a
 temporary name and renamed, so a reader never sees half a file and a crash loses at most the
 rows of the last flush interval.
@@ -14,16 +16,16 @@ rows of the last flush interval.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 COLUMNS = (
@@ -33,54 +35,58 @@ COLUMNS = (
     "model",
     "version",
     "route",
-    "inputs",
     "prediction",
     "score",
     "latency_ms",
 )
-# Rows kept for a retry after a failed write; past this the oldest are dropped (and counted).
+INPUT_PREFIX = "input."
+# Records kept for a retry after a failed write; past this the oldest are dropped (and counted).
 MAX_BUFFERED = 200_000
 
 
 @dataclass(frozen=True)
-class Row:
+class Answered:
+    """One request's records as a server answered them (or a shadow would have)."""
+
     request_id: str
-    record: int
     ts: datetime
     model: str
     version: int
     route: str
-    inputs: dict[str, Any]
-    prediction: Any
-    score: float | None
+    inputs: Sequence[dict[str, Any]]
+    predictions: Sequence[Any]
+    scores: np.ndarray  # one float per record
     latency_ms: float
 
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return value
+    def __len__(self) -> int:
+        return len(self.inputs)
 
 
-def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
-    records = [
+def to_frame(batches: Sequence[Answered]) -> pd.DataFrame:
+    """Columns built once per flush, not per record."""
+    sizes = [len(b) for b in batches]
+    inputs = pd.DataFrame.from_records([r for b in batches for r in b.inputs])
+    frame = pd.DataFrame(
         {
-            "request_id": r.request_id,
-            "record": r.record,
-            "ts": r.ts,
-            "model": r.model,
-            "version": r.version,
-            "route": r.route,
-            "inputs": json.dumps(r.inputs, default=_jsonable),
-            "prediction": json.dumps(_jsonable(r.prediction)),
-            "score": None if r.score is None else float(r.score),
-            "latency_ms": float(r.latency_ms),
+            "request_id": np.repeat([b.request_id for b in batches], sizes),
+            "record": np.concatenate([np.arange(n, dtype=np.int32) for n in sizes]),
+            "ts": pd.to_datetime(np.repeat([b.ts for b in batches], sizes), utc=True),
+            "model": np.repeat([b.model for b in batches], sizes),
+            "version": np.repeat(np.asarray([b.version for b in batches], dtype=np.int32), sizes),
+            "route": np.repeat([b.route for b in batches], sizes),
+            "prediction": [str(p) for b in batches for p in b.predictions],
+            "score": np.concatenate([np.asarray(b.scores, dtype=np.float64) for b in batches]),
+            "latency_ms": np.repeat([b.latency_ms for b in batches], sizes),
         }
-        for r in rows
-    ]
-    frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    return frame.astype({"record": "int32", "version": "int32", "score": "float64"})
+    )
+    inputs.columns = [f"{INPUT_PREFIX}{c}" for c in inputs.columns]
+    return pd.concat([frame, inputs], axis=1)
+
+
+def inputs_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """The input columns of log rows, named as the data set names them."""
+    cols = [c for c in frame.columns if c.startswith(INPUT_PREFIX)]
+    return frame[cols].rename(columns=lambda c: c[len(INPUT_PREFIX) :])
 
 
 class PredictionLog:
@@ -101,7 +107,8 @@ class PredictionLog:
         self.failures = 0
         self.dropped = 0
         self.written = 0
-        self._rows: list[Row] = []
+        self._rows: list[Answered] = []
+        self._buffered = 0
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._seq = 0
@@ -114,14 +121,15 @@ class PredictionLog:
             self._thread.start()
         return self
 
-    def append(self, rows: Iterable[Row]) -> None:
+    def append(self, answered: Answered) -> None:
         try:
             with self._lock:
-                self._rows.extend(rows)
-                over = len(self._rows) - MAX_BUFFERED
-                if over > 0:
-                    del self._rows[:over]
-                    self.dropped += over
+                self._rows.append(answered)
+                self._buffered += len(answered)
+                while self._buffered > MAX_BUFFERED and len(self._rows) > 1:
+                    gone = self._rows.pop(0)
+                    self._buffered -= len(gone)
+                    self.dropped += len(gone)
         except Exception:  # a log must never fail a request
             self.failures += 1
 
@@ -133,25 +141,27 @@ class PredictionLog:
         """Write what is buffered; returns the rows written (0 on failure: they stay buffered)."""
         with self._flush_lock:
             with self._lock:
-                rows, self._rows = self._rows, []
-            if not rows:
+                batches, self._rows = self._rows, []
+                count, self._buffered = self._buffered, 0
+            if not batches:
                 return 0
             try:
-                self._write(rows)
+                self._write(batches)
             except Exception:
                 self.failures += 1
                 with self._lock:
-                    self._rows[:0] = rows
+                    self._rows[:0] = batches
+                    self._buffered += count
                 if self.on_flush:
-                    self.on_flush(len(rows), False)
+                    self.on_flush(count, False)
                 return 0
-            self.written += len(rows)
+            self.written += count
             if self.on_flush:
-                self.on_flush(len(rows), True)
-            return len(rows)
+                self.on_flush(count, True)
+            return count
 
-    def _write(self, rows: list[Row]) -> None:
-        frame = to_frame(rows)
+    def _write(self, batches: list[Answered]) -> None:
+        frame = to_frame(batches)
         by_part = frame.groupby(
             [frame["model"], frame["ts"].dt.strftime("date=%Y-%m-%d/hour=%H")], sort=False
         )

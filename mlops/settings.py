@@ -23,6 +23,8 @@ OFFLINE_ENV = {
     "DVC_NO_ANALYTICS": "1",
     "GX_ANALYTICS_ENABLED": "false",
     "BENTOML_DO_NOT_TRACK": "true",
+    # Prefect's temporary server gets 20 s to start by default: not enough on a busy laptop.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
 
 

@@ -9,6 +9,7 @@ deployment state says, re-read every `serve.poll_s` seconds by each worker (see 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import os
@@ -28,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from mlops.errors import MlopsError
 from mlops.params import ServeParams, load_params
-from mlops.predictions import PredictionLog, Row
+from mlops.predictions import Answered, PredictionLog
 from mlops.settings import Workspace, configure_environment, get_workspace
 from mlops.store import ModelRecord, Store
 from pipelines.artifact import InputError, model_folder, read_manifest
@@ -172,7 +173,8 @@ def _metrics() -> _Metrics:
     workers=SETUP.serve.workers,
     # The defaults cost most of the throughput on a small model (STACK.md, BENCHMARKS.md).
     logging={"access": {"enabled": False}},
-    tracing={"sample_rate": 0.0},
+    # Sampling 0 still builds the spans; excluding the routes skips the work (BENCHMARKS.md).
+    tracing={"sample_rate": 0.0, "excluded_urls": ["/predict", "/admin/reload"]},
     traffic={"timeout": 30},
 )
 class MlopsService:
@@ -207,6 +209,10 @@ class MlopsService:
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="deployment-poll", daemon=True)
         self._poller.start()
+        # Everything loaded so far lives as long as the worker: keep it out of the collector's
+        # full passes, which otherwise paused a loaded worker for 100-300 ms (BENCHMARKS.md).
+        gc.collect()
+        gc.freeze()
 
     # -- health -------------------------------------------------------------------------
 
@@ -451,23 +457,18 @@ def _log_rows(
     answers: list[Prediction],
     scores: np.ndarray,
     elapsed: float,
-) -> list[Row]:
-    score = _positive_score(model, scores)
-    return [
-        Row(
-            request_id=request_id,
-            record=i,
-            ts=now,
-            model=model.name,
-            version=model.version,
-            route=route,
-            inputs=rows[i],
-            prediction=answers[i].prediction,
-            score=float(score[i]),
-            latency_ms=elapsed * 1000.0,
-        )
-        for i in range(len(rows))
-    ]
+) -> Answered:
+    return Answered(
+        request_id=request_id,
+        ts=now,
+        model=model.name,
+        version=model.version,
+        route=route,
+        inputs=rows,
+        predictions=[a.prediction for a in answers],
+        scores=_positive_score(model, scores),
+        latency_ms=elapsed * 1000.0,
+    )
 
 
 def _describe(routes: Routes) -> dict[str, Any]:

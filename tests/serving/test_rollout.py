@@ -22,7 +22,7 @@ import psutil
 import pytest
 from serving_kit import POLL_S, Served, wait_for
 
-from mlops.predictions import read_log
+from mlops.predictions import inputs_of, read_log
 from pipelines.artifact import load_predictor, model_folder, read_manifest
 from serving.host import canary_side
 from serving.package import model_store
@@ -292,8 +292,11 @@ def test_the_prediction_log_holds_one_row_per_answered_request(served: Served) -
     assert len(mine) == len(ok) and mine["request_id"].is_unique
     assert set(mine["route"]) == {"production"} and set(mine["version"]) == {served.good.version}
     assert (mine["latency_ms"] > 0).all() and mine["score"].between(0, 1).all()
-    row = mine.iloc[0]
-    assert set(json.loads(row["inputs"])) == set(served.sample[0])
+    inputs = inputs_of(mine)
+    assert set(inputs.columns) == set(served.sample[0])
+    sent = {a.request_id: served.sample[a.record] for a in load.answers if a.status == 200}
+    first = mine.iloc[0]
+    assert inputs.iloc[0].to_dict() == sent[first["request_id"]]
     tail = _cli(served, "predictions", "tail", "-n", "5", "--json")
     assert len(json.loads(tail)) == 5
 

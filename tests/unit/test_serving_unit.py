@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from mlops.params import PrepareParams
-from mlops.predictions import PredictionLog, Row, log_files, read_log
+from mlops.predictions import Answered, PredictionLog, inputs_of, log_files, read_log
 from pipelines.artifact import InputError, model_schema
 from pipelines.prepare import prepare
 from pipelines.sources import AI4I_SPEC, generate_ai4i
@@ -169,10 +169,10 @@ def test_the_batcher_merges_waiting_requests_and_splits_the_answers() -> None:
     assert sum(calls) == 30 and len(calls) <= 2, calls
 
 
-def _rows(n: int, start: datetime, model: str = "m") -> list[Row]:
+def _rows(n: int, start: datetime, model: str = "m") -> list[Answered]:
     return [
-        Row(f"r{i}", 0, start + timedelta(minutes=i), model, 1, "production", {"x": i}, i % 2,
-            0.5, 1.0)
+        Answered(f"r{i}", start + timedelta(minutes=i), model, 1, "production",
+                 [{"x": i, "Type": "L"}], [i % 2], np.asarray([0.5]), 1.0)
         for i in range(n)
     ]  # fmt: skip
 
@@ -180,7 +180,8 @@ def _rows(n: int, start: datetime, model: str = "m") -> list[Row]:
 def test_the_prediction_log_writes_hourly_parquet_and_reads_back(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, flush_s=60)
     start = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
-    log.append(_rows(90, start))
+    for answered in _rows(90, start):
+        log.append(answered)
     assert log.flush() == 90 and log.flush() == 0
     files = log_files(tmp_path, "m")
     parts = sorted({f.parent.relative_to(tmp_path / "m").as_posix() for f in files})
@@ -188,6 +189,8 @@ def test_the_prediction_log_writes_hourly_parquet_and_reads_back(tmp_path: Path)
     assert not any(p.name.startswith(".") for p in tmp_path.rglob("*"))
     frame = read_log(tmp_path, "m")
     assert list(frame["request_id"]) == [f"r{i}" for i in range(90)]
+    assert list(inputs_of(frame)["x"]) == list(range(90)) and set(frame["input.Type"]) == {"L"}
+    assert list(frame["prediction"][:2]) == ["0", "1"] and (frame["score"] == 0.5).all()
     assert read_log(tmp_path, "m", last=5)["request_id"].tolist() == [
         f"r{i}" for i in range(85, 90)
     ]
@@ -200,7 +203,8 @@ def test_a_failed_log_write_is_counted_and_kept_for_the_next(tmp_path: Path) -> 
     blocked.write_text("a file where the log's folder should be")
     outcomes: list[tuple[int, bool]] = []
     log = PredictionLog(blocked, flush_s=60, on_flush=lambda n, ok: outcomes.append((n, ok)))
-    log.append(_rows(3, datetime.now(UTC)))
+    for answered in _rows(3, datetime.now(UTC)):
+        log.append(answered)
     assert log.flush() == 0 and log.failures == 1 and outcomes == [(3, False)]
     blocked.unlink()
     assert log.flush() == 3 and outcomes[-1] == (3, True)
