@@ -1,7 +1,8 @@
 """Baseline (a) of bench_serving.py: the framework's own ceiling.
 
 A BentoML service with our service's settings (2 workers, access log off, tracing sample rate
-0, the same traffic timeout, no batching) whose async API takes the same typed request as ours
+0 and /predict excluded from it, the same traffic timeout, no batching) whose async API takes
+the same typed request as ours
 (the `Record` type generated from the served model's manifest, so BentoML parses and validates
 exactly what it does for us) and returns the same response type, `PredictResponse`: a fixed
 answer with one made-up prediction per record, built once per record count. No model, no
@@ -54,7 +55,7 @@ def answer(n: int) -> PredictResponse:
     name="constant",
     workers=int(os.environ.get("BENCH_WORKERS", "2")),
     logging={"access": {"enabled": False}},
-    tracing={"sample_rate": 0.0},
+    tracing={"sample_rate": 0.0, "excluded_urls": ["/predict"]},
     traffic={"timeout": 30},
 )
 class ConstantService:
