@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from mlops.errors import MlopsError
 from mlops.params import ServeParams, load_params
-from mlops.predictions import Answered, PredictionLog
+from mlops.predictions import Answered, PredictionLog, columns_of
 from mlops.settings import Workspace, configure_environment, get_workspace
 from mlops.store import ModelRecord, Store
 from pipelines.artifact import InputError, model_folder, read_manifest
@@ -252,13 +252,14 @@ class MlopsService:
         m.latency.labels(SETUP.name, model.ref).observe(elapsed)
         now = datetime.now(UTC)
         self.plog.append(_log_rows(request_id, now, model, route, rows, answers, scores, elapsed))
-        other = routes.shadow if routes.shadow is not None else None
         if route == "canary" and routes.production is not None:
             self._later(
                 self._compare(routes.production, model, "canary", rows, answers, request_id)
             )
-        if other is not None and other.id != model.id:
-            self._later(self._compare(model, other, "shadow", rows, answers, request_id))
+        shadow = routes.shadow
+        # A shadow is compared with production: requests the canary answered are left out.
+        if shadow is not None and route == "production" and shadow.id != model.id:
+            self._later(self._compare(model, shadow, "shadow", rows, answers, request_id))
         return PredictResponse(predictions=answers, version=model.ref, request_id=request_id)
 
     @bentoml.api(route="/admin/reload")
@@ -464,7 +465,7 @@ def _log_rows(
         model=model.name,
         version=model.version,
         route=route,
-        inputs=rows,
+        inputs=columns_of(rows, SETUP.schema.columns),
         predictions=[a.prediction for a in answers],
         scores=_positive_score(model, scores),
         latency_ms=elapsed * 1000.0,

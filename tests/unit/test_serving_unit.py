@@ -172,7 +172,7 @@ def test_the_batcher_merges_waiting_requests_and_splits_the_answers() -> None:
 def _rows(n: int, start: datetime, model: str = "m") -> list[Answered]:
     return [
         Answered(f"r{i}", start + timedelta(minutes=i), model, 1, "production",
-                 [{"x": i, "Type": "L"}], [i % 2], np.asarray([0.5]), 1.0)
+                 {"x": [i], "Type": ["L"]}, [i % 2], np.asarray([0.5]), 1.0)
         for i in range(n)
     ]  # fmt: skip
 
