@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from mlops.errors import MlopsError
 from mlops.settings import Workspace
 from mlops.store import ModelRecord, PackageRecord, Store
 from pipelines.artifact import model_folder, verify_model
+from serving import server_env
 
 SERVICE = "serving.service:MlopsService"
 # The source a bento carries: the service and what it imports (never the training code).
@@ -165,15 +165,7 @@ def build_bento(ws: Workspace, record: ModelRecord, tag: str) -> str:
         "b = bentoml.bentos.build(a.pop('service'), **a)\n"
         "print(b.tag)\n"
     )
-    env = {
-        **os.environ,
-        "MLOPS_WORKSPACE": str(ws.root),
-        "MLOPS_HOME": str(ws.home),
-        "MLOPS_DATABASE_URL": ws.database_url,
-        "MLOPS_SERVE_MODEL": record.name,
-        "MLOPS_SERVE_VERSION": str(record.version),
-        "BENTOML_HOME": str(ws.bentoml_home),
-    }
+    env = server_env(ws, record.name, version=record.version)
     proc = subprocess.run(
         [sys.executable, "-c", script, json.dumps(args)],
         capture_output=True,

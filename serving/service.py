@@ -33,6 +33,7 @@ from mlops.predictions import Answered, PredictionLog, columns_of
 from mlops.settings import Workspace, configure_environment, get_workspace
 from mlops.store import ModelRecord, Store
 from pipelines.artifact import InputError, model_folder, read_manifest
+from serving import ENV_ADMIN_TOKEN, ENV_MODEL, ENV_VERSION, ENV_WORKERS
 from serving.batcher import Batcher
 from serving.guard import BodyGuard
 from serving.host import Loaded, ModelHost, Routes, SwapReport
@@ -40,10 +41,6 @@ from serving.schema import InputSchema, Prediction, PredictResponse, input_schem
 
 log = logging.getLogger("mlops.serving")
 
-ENV_MODEL = "MLOPS_SERVE_MODEL"
-ENV_VERSION = "MLOPS_SERVE_VERSION"
-ENV_WORKERS = "MLOPS_SERVE_WORKERS"
-ENV_ADMIN_TOKEN = "MLOPS_ADMIN_TOKEN"  # noqa: S105 - the variable's name, not a secret
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -69,9 +66,7 @@ class _ClientErrors(logging.Filter):
 class Setup:
     """What this server serves, worked out once per process when the module is imported."""
 
-    root: Path
-    home: Path
-    database_url: str
+    ws: Workspace
     name: str
     serve: ServeParams
     schema: InputSchema
@@ -91,7 +86,7 @@ def _setup() -> Setup:
     if "schema" not in manifest:
         raise MlopsError(f"{source.name}:{source.version} has no input schema (retrain it)")
     return Setup(
-        ws.root, ws.home, ws.database_url, name, serve, input_schema(manifest["schema"]),
+        ws, name, serve, input_schema(manifest["schema"]),
         f"{source.name}:{source.version}",
     )  # fmt: skip
 
@@ -183,10 +178,10 @@ class MlopsService:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(
             _ClientErrors(self.metrics.rejected.labels(SETUP.name).inc)
         )
-        self.store = Store.open(SETUP.database_url, migrate=False)
+        self.store = Store.open(SETUP.ws.database_url, migrate=False)
         self.worker = f"worker-{os.getpid()}"
         self.plog = PredictionLog(
-            SETUP.home / "predictions",
+            SETUP.ws.predictions_dir,
             flush_s=SETUP.serve.log_flush_s,
             on_flush=self._log_flushed,
         ).start()
@@ -198,7 +193,7 @@ class MlopsService:
             self.store,
             SETUP.name,
             SETUP.schema,
-            resolve_path=_packaged_path,
+            resolve_path=self._model_path,
             on_swap=self._swapped,
             worker=self.worker,
         )
@@ -334,6 +329,18 @@ class MlopsService:
         except Exception:
             log.exception("comparing %s with production failed (the client was answered)", route)
 
+    def _model_path(self, record: ModelRecord) -> Path:
+        """A version's files in the BentoML model store (`mlops package` put them there)."""
+        package = self.store.get_package(record.id)
+        if package is None:
+            # Promoted with `mlops models promote` (which does not package): serve the
+            # registry's folder rather than nothing; its checksums are verified all the same.
+            log.warning(
+                "%s is not packaged (`mlops package`): serving its registry folder", record.ref
+            )
+            return model_folder(SETUP.ws.version_dir(record.path))
+        return Path(bentoml.models.get(package.model_tag).path)
+
     def _poll(self) -> None:
         while not self._stop.wait(SETUP.serve.poll_s):
             try:
@@ -361,19 +368,6 @@ class MlopsService:
 
     def _log_flushed(self, rows: int, ok: bool) -> None:
         self.metrics.log_rows.labels("written" if ok else "failed").inc(rows)
-
-
-def _packaged_path(record: ModelRecord) -> Path:
-    """A version's files in the BentoML model store (`mlops package` put them there)."""
-    with Store.open(SETUP.database_url, migrate=False) as store:
-        package = store.get_package(record.id)
-    if package is None:
-        # Promoted with `mlops models promote` (which does not package): serve the registry's
-        # folder rather than nothing; its checksums are verified all the same.
-        log.warning("%s is not packaged (`mlops package`): serving its registry folder", record.ref)
-        ws = Workspace(SETUP.root, SETUP.home, SETUP.database_url)
-        return model_folder(ws.version_dir(record.path))
-    return Path(bentoml.models.get(package.model_tag).path)
 
 
 def _request_id(ctx: bentoml.Context) -> str:

@@ -16,6 +16,7 @@ import httpx
 
 from mlops.errors import MlopsError
 from mlops.settings import Workspace
+from serving import server_env
 from serving.schema import smoke_records
 
 
@@ -35,15 +36,7 @@ def serve_check(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    env = {
-        **os.environ,
-        "MLOPS_WORKSPACE": str(ws.root),
-        "MLOPS_HOME": str(ws.home),
-        "MLOPS_DATABASE_URL": ws.database_url,
-        "MLOPS_SERVE_MODEL": name,
-        "MLOPS_SERVE_WORKERS": "1",
-        "BENTOML_HOME": str(ws.bentoml_home),
-    }
+    env = server_env(ws, name, workers=1)
     bentoml = Path(sys.executable).parent / "bentoml"
     log = ws.home / "reports" / "serve-check.log"
     log.parent.mkdir(parents=True, exist_ok=True)

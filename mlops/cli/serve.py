@@ -67,6 +67,7 @@ def serve(
     from mlops.params import load_params
     from mlops.settings import configure_environment
     from pipelines.datasets import resolve_dataset
+    from serving import server_env
 
     ws = workspace(ctx)
     serve_params = load_params(ws.params_path).serve
@@ -81,15 +82,7 @@ def serve(
                 f"`mlops promote {name}:VERSION`"
             )
     configure_environment(ws)
-    env = {
-        **os.environ,
-        "MLOPS_WORKSPACE": str(ws.root),
-        "MLOPS_HOME": str(ws.home),
-        "MLOPS_DATABASE_URL": ws.database_url,
-        "MLOPS_SERVE_MODEL": name,
-        "MLOPS_SERVE_WORKERS": str(workers or serve_params.workers),
-        "BENTOML_HOME": str(ws.bentoml_home),  # where `mlops package` put the models
-    }
+    env = server_env(ws, name, workers=workers or serve_params.workers)
     bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"
     argv = [bentoml, "serve", "serving.service:MlopsService", "--host", host,
             "--port", str(port or serve_params.port)]  # fmt: skip
