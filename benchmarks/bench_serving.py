@@ -526,9 +526,11 @@ NAMES = {
     "nobatch": "ours, max_batch_records 1",
     "notrace": "ours, tracing middleware on /predict",
     "anotrace": "(a), tracing middleware on /predict",
+    "bentotimeout": "ours, BentoML's request timeout",
+    "aourtimeout": "(a), our request timeout",
 }
 # Variants of ours, measured at the top concurrency only: what each setting is worth.
-VARIANTS = ("nobatch", "notrace", "anotrace")
+VARIANTS = ("nobatch", "notrace", "anotrace", "bentotimeout", "aourtimeout")
 # BentoML's tracing middleware builds its spans for every request even at sample rate 0, so
 # ours and (a) exclude /predict. The "notrace" servers (named for the setting they undo) put it
 # back through BentoML's own config file, which overrides the service's decorator.
@@ -584,12 +586,14 @@ def header(ctx: dict[str, Any]) -> list[str]:
         "- (a) framework ceiling: `serving_baselines/constant_bento.py`: BentoML with our "
         "service's settings (access log off, tracing sample rate 0 and /predict excluded from it, "
         "no batching), the same typed "
-        "request and response types, an async API returning a fixed answer of our answer's size.",
+        "request and response types, an async API returning a fixed answer of our answer's size "
+        "(serialized by BentoML; ours writes its JSON itself), BentoML's own request timeout.",
         "- (b) naive: `serving_baselines/naive_fastapi.py`: FastAPI + uvicorn (2 workers, "
         "access log off, one torch thread each), a sync handler running the torch parent on a "
         "pandas frame per request.",
         f'- variants at c={max(CONCURRENCY)} only, in the same rounds ("What moved it"): ours '
-        "with max_batch_records 1, ours and (a) with the tracing middleware on /predict. Then, "
+        "with max_batch_records 1, ours and (a) with the tracing middleware on /predict, ours "
+        "with BentoML's request timeout and (a) with ours. Then, "
         "ours alone: the fixed-rate runs and the memory run.",
     ]
 
@@ -746,7 +750,9 @@ def settings(ctx: dict[str, Any], top: int) -> list[str]:
         "1 instead of 512 (each request runs the model alone: no merging), and BentoML's "
         "tracing middleware on /predict (`tracing.excluded_urls: []` in a BENTOML_CONFIG file; "
         "the service excludes /predict because at sample_rate 0 the middleware still builds its "
-        "spans for every request):",
+        "spans for every request), and BentoML's own request timeout (`traffic.timeout`'s "
+        "middleware, which leaves a timer and a future alive for the whole timeout after every "
+        "request; the service puts serving/guard.py's `RequestTimeout` in its place):",
         "",
         "| ours with | records/request | req/s | records/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -756,6 +762,8 @@ def settings(ctx: dict[str, Any], top: int) -> list[str]:
         ("max_batch_records 1", "nobatch"),
         ("the tracing middleware on /predict", "notrace"),
         ("for reference: (a) with the tracing middleware on /predict", "anotrace"),
+        ("BentoML's request timeout", "bentotimeout"),
+        ("for reference: (a) with our request timeout", "aourtimeout"),
     )
     for n in RECORDS:
         for label, key in rows:
@@ -782,6 +790,8 @@ def settings(ctx: dict[str, Any], top: int) -> list[str]:
         f"Against the defaults: no merging gives {gain('nobatch')}; the tracing middleware on "
         f"/predict gives {gain('notrace')}. On the framework's ceiling (a) the middleware gives "
         f"{vs('anotrace', 'a')}, leaving it at {vs('anotrace', 'b')} (b)'s requests/s. "
+        f"BentoML's request timeout in place of ours gives {gain('bentotimeout')}; ours in "
+        f"(a) gives {vs('aourtimeout', 'a')} (a)'s requests/s. "
         "Measured before this service "
         'existed (STACK.md, "Serving load"): the access log and sampled tracing cost BentoML '
         "about 30% of a constant endpoint's req/s; ours and (a) run with both off.",
@@ -919,7 +929,11 @@ def run(args: argparse.Namespace, d: Durations, tmp: Path, logs: Path,
     servers["notrace"] = Server("notrace", ours_argv, ws, {**env, **notrace("mlops")}, logs, up)
     a_notrace = {**a_env, **notrace("constant")}
     servers["anotrace"] = Server("anotrace", a_argv, BASELINES, a_notrace, logs, a_up)
-    for name in ("a", "b", "ours", "notrace", "anotrace"):
+    bento_timeout = {**env, "MLOPS_SERVE_BENTOML_TIMEOUT": "1"}
+    servers["bentotimeout"] = Server("bentotimeout", ours_argv, ws, bento_timeout, logs, up)
+    a_our_timeout = {**a_env, "BENCH_OUR_TIMEOUT": "1"}
+    servers["aourtimeout"] = Server("aourtimeout", a_argv, BASELINES, a_our_timeout, logs, a_up)
+    for name in ("a", "b", "ours", "notrace", "anotrace", "bentotimeout", "aourtimeout"):
         started(servers[name])
     # Each worker reads params.yaml once, when it starts (start() waits for every worker):
     # change it for the second server only.

@@ -123,8 +123,10 @@ class ServeParams(_Section):
     max_body_bytes: int = Field(4_000_000, ge=1024)
     # Requests waiting while a batch runs are merged, up to this many records.
     max_batch_records: int = Field(512, ge=1)
-    # Prediction log: buffered in memory, written as Parquet every flush_s seconds.
+    # Prediction log: buffered in memory, written as Parquet every flush_s seconds or as
+    # soon as flush_rows rows wait, whichever comes first.
     log_flush_s: float = Field(5.0, gt=0)
+    log_flush_rows: int = Field(10_000, gt=0)
     # Regression: canary/shadow and production "disagree" beyond this many target std.
     review_tolerance: float = Field(0.5, gt=0)
     # The lifecycle flow: build a bento when it packages, and start the service once to check

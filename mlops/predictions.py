@@ -4,7 +4,8 @@ Written by the server (off the request path, in batches), read by monitoring, th
 and `mlops predictions tail`. One row per served record:
 
     request_id  record  ts (UTC)  model  version  route  prediction (text)  score  latency_ms
-    input.<column> ... (one column per input field, named as in the data set)
+    input.<column> ... (one column per input field, named as in the data set; the server logs
+    numeric fields as floats, null where a nullable reading was null)
 
 `route` is production, canary or shadow; shadow rows are answers nobody received. A server
 takes one input schema for its model name (it refuses a version whose schema differs), so
@@ -21,13 +22,15 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 COLUMNS = (
     "request_id",
@@ -54,9 +57,9 @@ class Answered:
     model: str
     version: int
     route: str
-    # column -> the records' values: transposed on the request path (a few microseconds),
-    # so a flush concatenates lists instead of reading thousands of dicts while the workers'
-    # requests wait for the interpreter lock
+    # column -> the records' values (a list, or an array: the server passes numeric readings as
+    # the float arrays its encoder read, so a flush joins arrays instead of converting values
+    # one by one while the workers' requests wait for the interpreter lock)
     inputs: Mapping[str, Sequence[Any]]
     predictions: Sequence[Any]
     scores: np.ndarray  # one float per record
@@ -71,31 +74,49 @@ def columns_of(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> di
     return {c: [r[c] for r in records] for c in names}
 
 
-def to_frame(batches: Sequence[Answered]) -> pd.DataFrame:
-    """Columns built once per flush, not per record."""
-    sizes = [len(b) for b in batches]
+def to_table(batches: Sequence[Answered]) -> pa.Table:
+    """The log's rows for `batches`: columns built once per flush, straight into Arrow (pandas
+    cost four times as much, and a flush holds the interpreter lock the requests need)."""
+    sizes = np.asarray([len(b) for b in batches], dtype=np.int64)
     names = list(dict.fromkeys(c for b in batches for c in b.inputs))
-    inputs = pd.DataFrame(
-        {
-            c: list(chain.from_iterable(b.inputs.get(c, [None] * len(b)) for b in batches))
-            for c in names
-        }
-    )
-    frame = pd.DataFrame(
-        {
-            "request_id": np.repeat([b.request_id for b in batches], sizes),
-            "record": np.concatenate([np.arange(n, dtype=np.int32) for n in sizes]),
-            "ts": pd.to_datetime(np.repeat([b.ts for b in batches], sizes), utc=True),
-            "model": np.repeat([b.model for b in batches], sizes),
-            "version": np.repeat(np.asarray([b.version for b in batches], dtype=np.int32), sizes),
-            "route": np.repeat([b.route for b in batches], sizes),
-            "prediction": [str(p) for b in batches for p in b.predictions],
-            "score": np.concatenate([np.asarray(b.scores, dtype=np.float64) for b in batches]),
-            "latency_ms": np.repeat([b.latency_ms for b in batches], sizes),
-        }
-    )
-    inputs.columns = [f"{INPUT_PREFIX}{c}" for c in inputs.columns]
-    return pd.concat([frame, inputs], axis=1)
+
+    def repeated(values: list[Any], kind: pa.DataType) -> pa.Array:
+        return pa.array(values, type=kind).take(pa.array(np.repeat(np.arange(len(values)), sizes)))
+
+    us = np.asarray([(b.ts - _EPOCH) // _US for b in batches], dtype=np.int64)
+    columns: dict[str, pa.Array] = {
+        "request_id": repeated([b.request_id for b in batches], pa.string()),
+        "record": pa.array(np.concatenate([np.arange(n, dtype=np.int32) for n in sizes])),
+        "ts": pa.array(np.repeat(us * 1000, sizes), type=_TS),
+        "model": repeated([b.model for b in batches], pa.string()),
+        "version": pa.array(
+            np.repeat(np.asarray([b.version for b in batches], dtype=np.int32), sizes)
+        ),
+        "route": repeated([b.route for b in batches], pa.string()),
+        "prediction": pa.array([str(p) for b in batches for p in b.predictions], type=pa.string()),
+        "score": pa.array(
+            np.concatenate([np.asarray(b.scores, dtype=np.float64) for b in batches])
+        ),
+        "latency_ms": pa.array(
+            np.repeat(np.asarray([b.latency_ms for b in batches], dtype=np.float64), sizes)
+        ),
+    }
+    for c in names:
+        values = _concat([b.inputs.get(c, [None] * len(b)) for b in batches])
+        columns[f"{INPUT_PREFIX}{c}"] = pa.array(values, from_pandas=True)  # NaN -> null
+    return pa.table(columns)
+
+
+_TS = pa.timestamp("ns", tz="UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def _concat(parts: Sequence[Sequence[Any]]) -> np.ndarray | list[Any]:
+    """One column from its per-request parts: arrays join as arrays, anything else as a list."""
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate(parts)
+    return list(chain.from_iterable(p.tolist() if isinstance(p, np.ndarray) else p for p in parts))
 
 
 def inputs_of(frame: pd.DataFrame) -> pd.DataFrame:
@@ -106,17 +127,21 @@ def inputs_of(frame: pd.DataFrame) -> pd.DataFrame:
 
 class PredictionLog:
     """A buffered, thread-safe writer: `append` is cheap and never raises; a background thread
-    writes what has accumulated every `flush_s` seconds. Failures are counted, never raised."""
+    writes what has accumulated every `flush_s` seconds, or as soon as `flush_rows` rows wait
+    (under load a flush of a few seconds' rows held the interpreter lock long enough to stall
+    the requests: BENCHMARKS.md). Failures are counted, never raised."""
 
     def __init__(
         self,
         root: Path,
         *,
         flush_s: float = 1.0,
+        flush_rows: int = 10_000,
         on_flush: Callable[[int, bool], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.flush_s = flush_s
+        self.flush_rows = flush_rows
         self.on_flush = on_flush  # (rows, ok) after each write attempt
         self.writer = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.failures = 0
@@ -128,6 +153,7 @@ class PredictionLog:
         self._flush_lock = threading.Lock()
         self._seq = 0
         self._stop = threading.Event()
+        self._due = threading.Event()  # set when flush_rows rows wait, or to stop
         self._thread: threading.Thread | None = None
 
     def start(self) -> PredictionLog:
@@ -145,12 +171,22 @@ class PredictionLog:
                     gone = self._rows.pop(0)
                     self._buffered -= len(gone)
                     self.dropped += len(gone)
+                due = self._buffered >= self.flush_rows
+            if due and not self._due.is_set():
+                self._due.set()
         except Exception:  # a log must never fail a request
             self.failures += 1
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_s):
+        while not self._stop.is_set():
+            self._due.wait(self.flush_s)
+            self._due.clear()
+            if self._stop.is_set():
+                break
+            failures = self.failures
             self.flush()
+            if self.failures > failures:  # a failing disk: retry on the clock, not per request
+                self._stop.wait(self.flush_s)
 
     def flush(self) -> int:
         """Write what is buffered; returns the rows written (0 on failure: they stay buffered)."""
@@ -182,17 +218,18 @@ class PredictionLog:
             hour = b.ts.astimezone(UTC).strftime("date=%Y-%m-%d/hour=%H")
             parts.setdefault((b.model, hour), []).append(b)
         for (model, part), group in parts.items():
-            chunk = to_frame(group)
+            chunk = to_table(group)
             folder = self.root / str(model) / str(part)
             folder.mkdir(parents=True, exist_ok=True)
             self._seq += 1
             final = folder / f"{self.writer}-{self._seq:06d}.parquet"
             tmp = folder / f".{final.name}.tmp"
-            chunk.to_parquet(tmp, index=False)
+            pq.write_table(chunk, tmp)
             os.replace(tmp, final)
 
     def close(self) -> None:
         self._stop.set()
+        self._due.set()
         if self._thread is not None:
             self._thread.join(timeout=self.flush_s + 5)
             self._thread = None

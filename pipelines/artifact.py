@@ -20,8 +20,9 @@ import hashlib
 import json
 import math
 import platform
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -134,32 +135,32 @@ class Preprocessor:
     def encode_records(
         self, records: list[dict[str, Any]], nullable: frozenset[str] = frozenset()
     ) -> np.ndarray:
-        """Serving's fast path: already type-checked records (dicts keyed by column) to the
-        same matrix `transform_strict` makes from a frame, without building one. A None in a
-        `nullable` column is imputed as `transform` does; anywhere else it is an InputError."""
-        n = len(records)
-        num = np.empty((n, len(self.numeric)), dtype=np.float64)
-        for j, col in enumerate(self.numeric):
+        """Already type-checked records (dicts keyed by column) to the same matrix
+        `transform_strict` makes from a frame, without building one (see `encode_columns`)."""
+        columns: dict[str, list[Any]] = {}
+        for col in self.input_columns:
             try:
-                column = [r[col] for r in records]
+                columns[col] = [r[col] for r in records]
             except KeyError:
                 raise InputError(col, "required", "the field is missing") from None
-            if col not in nullable and any(v is None for v in column):
-                raise InputError(col, "required", "a value is missing (null)")
-            try:
-                num[:, j] = np.asarray(column, dtype=np.float64)  # None -> nan
-            except OverflowError:
-                raise InputError(col, "range", "a number too large for a reading") from None
-            except (TypeError, ValueError):
-                bad = next(v for v in column if v is not None and not _is_number(v))
-                raise InputError(col, "type", f"{bad!r} is not a number") from None
-        if np.isinf(num).any():
-            col = self.numeric[int(np.isinf(num).any(axis=0).argmax())]
-            raise InputError(col, "finite", "infinity is not a reading")
-        num = (num - np.asarray(self.means)) / np.asarray(self.stds)
+        return self.encode_columns(columns, len(records), nullable)[0]
+
+    def encode_columns(
+        self,
+        columns: Mapping[str, Sequence[Any]],
+        n: int,
+        nullable: frozenset[str] = frozenset(),
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Serving's fast path: n type-checked records given as columns (column -> values) to
+        the model's input matrix (float32), and the numeric readings as they came (float64,
+        n x len(numeric), NaN where a nullable reading is null) for the prediction log. A None
+        in a `nullable` column is imputed as `transform` does; anywhere else it is an
+        InputError, as are a non-number, an infinity and an unseen category."""
+        raw = self._readings(columns, n, nullable)
+        num = (raw - self._means) / self._stds
         # The model computes in float32: a reading absurdly far from anything seen in training
         # would overflow there and come back as NaN. Refuse it instead.
-        huge = np.abs(np.nan_to_num(num)) > _MAX_STDS
+        huge = np.abs(num) > _MAX_STDS  # NaN compares False
         if huge.any():
             col = self.numeric[int(huge.any(axis=0).argmax())]
             raise InputError(
@@ -167,22 +168,74 @@ class Preprocessor:
                 "range",
                 f"more than {_MAX_STDS:.0e} training standard deviations from the mean",
             )
-        parts = [np.nan_to_num(num, nan=0.0)]
+        x = np.zeros((n, self.n_features), dtype=np.float32)
+        x[:, : len(self.numeric)] = num if not nullable else np.nan_to_num(num, nan=0.0)
+        start = len(self.numeric)
+        rows = np.arange(n)
         for col, values in self.categories.items():
-            index = {v: i for i, v in enumerate(values)}
-            onehot = np.zeros((n, len(values)), dtype=np.float64)
-            for i, r in enumerate(records):
-                v = r.get(col)
-                if v is None:
-                    if col in nullable:
-                        continue
+            index = self._category_index[col]
+            try:
+                given = columns[col]
+            except KeyError:
+                raise InputError(col, "required", "the field is missing") from None
+            codes = [
+                -1 if v is None else index.get(v if type(v) is str else str(v), -1) for v in given
+            ]
+            if -1 in codes:  # None, or a value training never saw
+                for i, v in enumerate(given):
+                    if v is None:
+                        if col in nullable:
+                            continue
+                        raise InputError(col, "required", "a value is missing (null)")
+                    if codes[i] == -1:
+                        raise InputError(col, "unseen category", f"{v!r} is not one of {values}")
+                keep = np.asarray(codes) >= 0
+                x[rows[keep], start + np.asarray(codes)[keep]] = 1.0
+            else:
+                x[rows, start + np.asarray(codes)] = 1.0
+            start += len(values)
+        return x, raw
+
+    def _readings(
+        self, columns: Mapping[str, Sequence[Any]], n: int, nullable: frozenset[str]
+    ) -> np.ndarray:
+        """The numeric columns as floats (None -> NaN), each refused value named."""
+        try:
+            given = [columns[c] for c in self.numeric]
+        except KeyError as exc:
+            raise InputError(str(exc.args[0]), "required", "the field is missing") from None
+        try:
+            raw = np.array(given, dtype=np.float64).reshape(len(self.numeric), n).T
+        except (OverflowError, TypeError, ValueError):
+            raw = None  # find the column and the value below
+        if raw is None or not np.isfinite(raw).all():
+            for j, col in enumerate(self.numeric):
+                column = given[j]
+                if col not in nullable and any(v is None for v in column):
                     raise InputError(col, "required", "a value is missing (null)")
-                k = index.get(str(v))
-                if k is None:
-                    raise InputError(col, "unseen category", f"{v!r} is not one of {values}")
-                onehot[i, k] = 1.0
-            parts.append(onehot)
-        return np.concatenate(parts, axis=1).astype(np.float32)
+                try:
+                    values = np.asarray(column, dtype=np.float64)  # None -> nan
+                except OverflowError:
+                    raise InputError(col, "range", "a number too large for a reading") from None
+                except (TypeError, ValueError):
+                    bad = next(v for v in column if v is not None and not _is_number(v))
+                    raise InputError(col, "type", f"{bad!r} is not a number") from None
+                if np.isinf(values).any():
+                    raise InputError(col, "finite", "infinity is not a reading")
+        assert raw is not None
+        return raw
+
+    @cached_property
+    def _means(self) -> np.ndarray:
+        return np.asarray(self.means, dtype=np.float64)
+
+    @cached_property
+    def _stds(self) -> np.ndarray:
+        return np.asarray(self.stds, dtype=np.float64)
+
+    @cached_property
+    def _category_index(self) -> dict[str, dict[str, int]]:
+        return {c: {v: i for i, v in enumerate(vals)} for c, vals in self.categories.items()}
 
     def _encode(self, frame: pd.DataFrame, *, strict: bool) -> np.ndarray:
         missing = [c for c in self.input_columns if c not in frame.columns]

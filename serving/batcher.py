@@ -10,12 +10,17 @@ request ids; and it answers load it predicts it cannot meet with 503s.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from serving.host import Loaded
+
+# A batch the model answers faster than this runs on the event loop: handing it to the model
+# thread and back costs more than that (two wake-ups, the interpreter lock changing hands).
+INLINE_BELOW_S = 0.002
 
 
 @dataclass
@@ -26,8 +31,16 @@ class _Job:
 
 
 class Batcher:
+    """Merges the requests waiting for the model into one batch per model version.
+
+    Where a version's batches take under INLINE_BELOW_S (a moving average, per version), they
+    run on the event loop, after one turn of it so that requests parsed in the same turn join;
+    slower ones run on the model thread, so the loop goes on parsing the next batch meanwhile.
+    """
+
     def __init__(self, max_records: int) -> None:
         self.max_records = max_records
+        self._seconds: dict[int, float] = {}  # id(model) -> moving average time per batch
         # One thread runs the models: the event loop keeps parsing requests meanwhile, and
         # those queue up into the next batch.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -50,6 +63,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
+                await asyncio.sleep(0)  # requests parsed in this turn of the loop join
                 batch: list[_Job] = []
                 size = 0
                 while self._pending and (
@@ -65,9 +79,7 @@ class Batcher:
                     model = jobs[0].model
                     x = jobs[0].x if len(jobs) == 1 else np.concatenate([j.x for j in jobs])
                     try:
-                        out = await loop.run_in_executor(
-                            self._executor, model.predictor.scores_from_inputs, x
-                        )
+                        out = await self._run(loop, model, x)
                     except Exception as exc:
                         for j in jobs:
                             if not j.future.done():
@@ -82,6 +94,20 @@ class Batcher:
                         start += len(j.x)
         finally:
             self._running = False
+
+    async def _run(
+        self, loop: asyncio.AbstractEventLoop, model: Loaded, x: np.ndarray
+    ) -> np.ndarray:
+        key = id(model)
+        average = self._seconds.get(key, 0.0)  # a new version starts inline and is measured
+        started = time.perf_counter()
+        if average < INLINE_BELOW_S:
+            out = model.predictor.scores_from_inputs(x)
+        else:
+            out = await loop.run_in_executor(self._executor, model.predictor.scores_from_inputs, x)
+        took = time.perf_counter() - started
+        self._seconds[key] = took if key not in self._seconds else 0.8 * average + 0.2 * took
+        return out
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,11 +1,18 @@
-"""An ASGI middleware that refuses a request body before BentoML parses it: a content type other
-than JSON (415) or a body over the limit (413), each with a one-line JSON error."""
+"""ASGI middleware of the service: `BodyGuard` refuses a request body before BentoML parses it (a
+content type other than JSON: 415; a body over the limit: 413), each with a one-line JSON error;
+`RequestTimeout` replaces BentoML's request timeout (see there)."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
+import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+ENV_BENTOML_TIMEOUT = "MLOPS_SERVE_BENTOML_TIMEOUT"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -77,3 +84,59 @@ async def _refuse(send: Send, status: int, error: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class RequestTimeout:
+    """BentoML's `traffic.timeout` (TimeoutMiddleware): a request not answered within `timeout`
+    seconds gets a 504, as BentoML's does, but with its timer cancelled once the answer starts.
+
+    BentoML 1.4.39's schedules a timer and a future per request and never cancels the timer, so
+    each request's stay alive for the whole timeout: under 1,000 requests/s with a 30 s timeout,
+    30,000 of each per worker (memory that grows for the first 30 s of any load, and a timer heap
+    the event loop keeps sorting); it also runs every request in a task of its own. Measured in
+    BENCHMARKS.md (serving, "What moved it")."""
+
+    def __init__(self, app: App, timeout: float) -> None:
+        self.app, self.timeout = app, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = False
+        deadline = asyncio.timeout(self.timeout)
+
+        async def _send(message: Message) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                deadline.reschedule(None)  # answering: no longer a timeout to enforce
+            await send(message)
+
+        try:
+            async with deadline:
+                await self.app(scope, receive, _send)
+        except TimeoutError:
+            if started:
+                raise
+            await _refuse(send, 504, f"Not able to process the request in {self.timeout} seconds")
+
+
+def replace_bentoml_timeout() -> bool:
+    """Make BentoML build its apps with `RequestTimeout` in place of its TimeoutMiddleware (it
+    imports the class when it assembles an app's middleware, after our service module loaded).
+    False, and a warning, where this BentoML has no such class: its own then stays; False
+    where MLOPS_SERVE_BENTOML_TIMEOUT=1 asks for BentoML's own (to measure the difference)."""
+    if os.environ.get(ENV_BENTOML_TIMEOUT) == "1":
+        return False
+    try:
+        traffic = importlib.import_module("bentoml._internal.server.http.traffic")
+    except ImportError:
+        traffic = None
+    if not hasattr(traffic, "TimeoutMiddleware"):
+        logging.getLogger("mlops.serving").warning(
+            "BentoML's TimeoutMiddleware was not found: its own request timeout stays"
+        )
+        return False
+    setattr(traffic, "TimeoutMiddleware", RequestTimeout)  # noqa: B010 (a module attribute)
+    return True

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,18 @@ def canary_side(key: str, share: float) -> bool:
     """True for keys that go to the canary: a stable hash, the same in every worker and run."""
     digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def disagreements(a: list[Any], b: list[Any], tolerance: float) -> list[int]:
+    """The records where two versions' answers differ (review material): another class, or,
+    for regression, values further apart than `tolerance`."""
+    return [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if _disagree(x, y, tolerance)]
+
+
+def _disagree(a: Any, b: Any, tolerance: float) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) > tolerance
+    return bool(a != b)
 
 
 @dataclass

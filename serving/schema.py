@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keyword
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -50,6 +51,13 @@ class InputSchema:
     columns: tuple[str, ...]
     nullable: frozenset[str]
     signature: tuple[tuple[str, str], ...]  # (column, dtype): what a swapped-in model must match
+    attributes: tuple[tuple[str, str], ...] = ()  # (Record attribute, column)
+
+    def columns_of(self, records: Sequence[BaseModel]) -> dict[str, list[Any]]:
+        """Validated records as columns (column name -> the records' values), read from the
+        instances' attributes: no dict per record."""
+        values = [r.__dict__ for r in records]
+        return {column: [v[attr] for v in values] for attr, column in self.attributes}
 
     def compatible(self, schema: dict[str, Any]) -> str | None:
         """Why a model with manifest schema `schema` cannot serve through this type, or None."""
@@ -70,6 +78,7 @@ class InputSchema:
 def input_schema(schema: dict[str, Any]) -> InputSchema:
     """The Record type for a manifest's `schema` (manifest format 2)."""
     fields: dict[str, Any] = {}
+    attributes: list[tuple[str, str]] = []
     taken: set[str] = set()
     nullable: set[str] = set()
     for f in schema["input"]:
@@ -93,7 +102,9 @@ def input_schema(schema: dict[str, Any]) -> InputSchema:
         if f.get("nullable"):
             kind = kind | None
             nullable.add(name)
-        fields[_identifier(name, taken)] = (kind, Field(..., **doc))
+        attr = _identifier(name, taken)
+        fields[attr] = (kind, Field(..., **doc))
+        attributes.append((attr, name))
     record = create_model(
         "Record",
         __config__=ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=False),
@@ -104,6 +115,7 @@ def input_schema(schema: dict[str, Any]) -> InputSchema:
         columns=tuple(f["name"] for f in schema["input"]),
         nullable=frozenset(nullable),
         signature=tuple((f["name"], f["dtype"]) for f in schema["input"]),
+        attributes=tuple(attributes),
     )
 
 

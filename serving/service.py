@@ -24,20 +24,22 @@ from typing import Annotated, Any, cast
 
 import bentoml
 import numpy as np
+import orjson
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel, Field, ValidationError
+from starlette.responses import Response
 
 from mlops.errors import MlopsError
 from mlops.params import ServeParams, load_params
-from mlops.predictions import Answered, PredictionLog, columns_of
+from mlops.predictions import Answered, PredictionLog
 from mlops.settings import Workspace, configure_environment, get_workspace
 from mlops.store import ModelRecord, Store
 from pipelines.artifact import InputError, model_folder, read_manifest
 from serving import ENV_ADMIN_TOKEN, ENV_MODEL, ENV_VERSION, ENV_WORKERS
 from serving.batcher import Batcher
-from serving.guard import BodyGuard
-from serving.host import Loaded, ModelHost, Routes, SwapReport
-from serving.schema import InputSchema, Prediction, PredictResponse, input_schema
+from serving.guard import BodyGuard, replace_bentoml_timeout
+from serving.host import Loaded, ModelHost, Routes, SwapReport, disagreements
+from serving.schema import InputSchema, PredictResponse, input_schema
 
 log = logging.getLogger("mlops.serving")
 
@@ -115,6 +117,7 @@ def _schema_version(store: Store, name: str) -> ModelRecord:
 
 
 SETUP = _setup()
+replace_bentoml_timeout()  # before BentoML builds the app (serving/guard.py says why)
 Record = SETUP.schema.record
 Records = Annotated[
     list[Record],  # type: ignore[valid-type]
@@ -183,12 +186,14 @@ class MlopsService:
         self.plog = PredictionLog(
             SETUP.ws.predictions_dir,
             flush_s=SETUP.serve.log_flush_s,
+            flush_rows=SETUP.serve.log_flush_rows,
             on_flush=self._log_flushed,
         ).start()
         self.batcher = Batcher(SETUP.serve.max_batch_records)
         self.reviews: list[dict[str, Any]] = []
         self._reviews_lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.host = ModelHost(
             self.store,
             SETUP.name,
@@ -224,8 +229,10 @@ class MlopsService:
 
     # -- the API ------------------------------------------------------------------------
 
-    @bentoml.api(route="/predict")
-    async def predict(self, records: Records, ctx: bentoml.Context) -> PredictResponse:
+    # The response is written here (`Answer.json`), not by pydantic: building a Prediction per
+    # record cost more than the model (BENCHMARKS.md). `output_spec` keeps it documented.
+    @bentoml.api(route="/predict", output_spec=PredictResponse)
+    async def predict(self, records: Records, ctx: bentoml.Context) -> Response:
         """Score records: each field is a column of the data set, named as it is there."""
         started = time.perf_counter()
         request_id = _request_id(ctx)
@@ -236,26 +243,28 @@ class MlopsService:
             raise ServiceUnavailable(
                 f"no production version of {SETUP.name} is loaded yet (see `mlops status`)"
             )
-        rows = [cast(BaseModel, r).model_dump(by_alias=True) for r in records]
-        x = _encode(model, rows)
+        columns = SETUP.schema.columns_of(cast(list[BaseModel], records))
+        n = len(records)
+        x, readings = _encode(model, columns, n)
         scores = await self.batcher.scores(model, x)
-        answers = _answers(model, scores, request_id)
+        answer = Answer.of(model, scores)
+        body = answer.json(request_id)
         elapsed = time.perf_counter() - started
-        m = self.metrics
-        m.requests.labels(SETUP.name, model.ref, route).inc()
-        m.records.labels(SETUP.name, model.ref, route).inc(len(rows))
-        m.latency.labels(SETUP.name, model.ref).observe(elapsed)
-        now = datetime.now(UTC)
-        self.plog.append(_log_rows(request_id, now, model, route, rows, answers, scores, elapsed))
+        requests, counted, latency = self._series(model.ref, route)
+        requests.inc()
+        counted.inc(n)
+        latency.observe(elapsed)
+        logged = _logged_inputs(model, columns, readings)
+        self.plog.append(_log_rows(request_id, model, route, logged, answer, elapsed))
         if route == "canary" and routes.production is not None:
             self._later(
-                self._compare(routes.production, model, "canary", rows, answers, request_id)
+                self._compare(routes.production, model, "canary", columns, answer, request_id)
             )
         shadow = routes.shadow
         # A shadow is compared with production: requests the canary answered are left out.
         if shadow is not None and route == "production" and shadow.id != model.id:
-            self._later(self._compare(model, shadow, "shadow", rows, answers, request_id))
-        return PredictResponse(predictions=answers, version=model.ref, request_id=request_id)
+            self._later(self._compare(model, shadow, "shadow", columns, answer, request_id))
+        return Response(body, media_type="application/json")
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
@@ -287,25 +296,21 @@ class MlopsService:
         production: Loaded,
         other: Loaded,
         route: str,
-        rows: list[dict[str, Any]],
-        answered: list[Prediction],
+        columns: dict[str, list[Any]],
+        answered: Answer,
         request_id: str,
     ) -> None:
         """Score the same records with the version that did not answer; log a shadow's answers;
         queue each record where the two disagree for review."""
         try:
             silent = production if route == "canary" else other
-            x = _encode(silent, rows)
-            scores = await self.batcher.scores(silent, x)
-            theirs = _answers(silent, scores, request_id)
+            n = len(answered)
+            x, readings = _encode(silent, columns, n)
+            theirs = Answer.of(silent, await self.batcher.scores(silent, x))
             if route == "shadow":
-                now = datetime.now(UTC)
-                self.plog.append(
-                    _log_rows(request_id, now, other, "shadow", rows, theirs, scores, 0.0)
-                )
-            prod_answers, other_answers = (
-                (theirs, answered) if route == "canary" else (answered, theirs)
-            )
+                logged = _logged_inputs(other, columns, readings)
+                self.plog.append(_log_rows(request_id, other, "shadow", logged, theirs, 0.0))
+            prod, alt = (theirs, answered) if route == "canary" else (answered, theirs)
             tolerance = SETUP.serve.review_tolerance * production.predictor.preprocessor.target_std
             items = [
                 {
@@ -315,12 +320,11 @@ class MlopsService:
                     "route": route,
                     "production_version_id": production.id,
                     "other_version_id": other.id,
-                    "inputs": rows[i],
-                    "production_output": p.model_dump(exclude={"request_id"}),
-                    "other_output": o.model_dump(exclude={"request_id"}),
+                    "inputs": {c: values[i] for c, values in columns.items()},
+                    "production_output": prod.output(i),
+                    "other_output": alt.output(i),
                 }
-                for i, (p, o) in enumerate(zip(prod_answers, other_answers, strict=True))
-                if _disagree(p.prediction, o.prediction, tolerance)
+                for i in disagreements(prod.labels, alt.labels, tolerance)
             ]
             if items:
                 self.metrics.disagreements.labels(SETUP.name, other.ref, route).inc(len(items))
@@ -328,6 +332,20 @@ class MlopsService:
                     self.reviews.extend(items)
         except Exception:
             log.exception("comparing %s with production failed (the client was answered)", route)
+
+    def _series(self, ref: str, route: str) -> tuple[Any, Any, Any]:
+        """The Prometheus children of one (version, route): looked up once, not per request."""
+        key = (ref, route)
+        found = self._children.get(key)
+        if found is None:
+            m = self.metrics
+            found = (
+                m.requests.labels(SETUP.name, ref, route),
+                m.records.labels(SETUP.name, ref, route),
+                m.latency.labels(SETUP.name, ref),
+            )
+            self._children[key] = found
+        return found
 
     def _model_path(self, record: ModelRecord) -> Path:
         """A version's files in the BentoML model store (`mlops package` put them there)."""
@@ -393,75 +411,121 @@ def _refusal(ctx: bentoml.Context) -> str | None:
     return None
 
 
-def _encode(model: Loaded, rows: list[dict[str, Any]]) -> np.ndarray:
+def _encode(model: Loaded, columns: dict[str, list[Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
     try:
-        return model.predictor.preprocessor.encode_records(rows, SETUP.schema.nullable)
+        return model.predictor.preprocessor.encode_columns(columns, n, SETUP.schema.nullable)
     except InputError as exc:
         raise InvalidArgument(f"records: {exc}") from None
 
 
-def _answers(model: Loaded, scores: np.ndarray, request_id: str) -> list[Prediction]:
-    pred = model.predictor
-    labels = pred.labels(scores)
-    ref = model.ref
-    if pred.config.task == "classification":
-        classes = [str(c) for c in pred.preprocessor.classes]
-        best = scores.max(axis=1)
+@dataclass(frozen=True)
+class Answer:
+    """One version's answers to one request's records, kept as arrays until they are written."""
+
+    model: Loaded
+    scores: np.ndarray
+    labels: list[Any]  # the predicted class, or the predicted value, per record
+
+    @classmethod
+    def of(cls, model: Loaded, scores: np.ndarray) -> Answer:
+        pre = model.predictor.preprocessor
+        if model.predictor.config.task == "classification":
+            return cls(model, scores, [pre.classes[k] for k in scores.argmax(axis=1).tolist()])
+        return cls(model, scores, scores.tolist())
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def outputs(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """What `Prediction` documents, per record (its request id None where not given)."""
+        ref = self.model.ref
+        if self.model.predictor.config.task != "classification":
+            return [
+                {
+                    "prediction": v,
+                    "probability": None,
+                    "probabilities": None,
+                    "version": ref,
+                    "request_id": request_id,
+                }
+                for v in self.labels
+            ]
+        classes = _class_names(self.model)
+        best = self.scores.max(axis=1).tolist()
         return [
-            Prediction(
-                prediction=_plain(labels[i]),
-                probability=float(best[i]),
-                probabilities=dict(zip(classes, map(float, scores[i]), strict=True)),
-                version=ref,
-                request_id=request_id,
-            )
-            for i in range(len(labels))
+            {
+                "prediction": label,
+                "probability": top,
+                "probabilities": dict(zip(classes, probs, strict=True)),
+                "version": ref,
+                "request_id": request_id,
+            }
+            for label, top, probs in zip(self.labels, best, self.scores.tolist(), strict=True)
         ]
-    return [Prediction(prediction=float(v), version=ref, request_id=request_id) for v in labels]
+
+    def output(self, i: int) -> dict[str, Any]:
+        """Record i's answer, as a review shows it."""
+        one = Answer(self.model, self.scores[i : i + 1], self.labels[i : i + 1]).outputs()[0]
+        del one["request_id"]
+        return one
+
+    def json(self, request_id: str) -> bytes:
+        """The PredictResponse body."""
+        return orjson.dumps(
+            {
+                "predictions": self.outputs(request_id),
+                "version": self.model.ref,
+                "request_id": request_id,
+            }
+        )
+
+    def positive_scores(self) -> np.ndarray:
+        """The log's `score`: P(positive class) for a binary model, the top probability for a
+        multi-class one, the value for regression."""
+        pred = self.model.predictor
+        if pred.config.task != "classification":
+            return self.scores
+        classes = _class_names(self.model)
+        positive = pred.spec.positive_class
+        if positive is not None and str(positive) in classes:
+            return self.scores[:, classes.index(str(positive))]
+        return self.scores.max(axis=1)
 
 
-def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+def _class_names(model: Loaded) -> list[str]:
+    return [str(c) for c in model.predictor.preprocessor.classes]
 
 
-def _disagree(a: Any, b: Any, tolerance: float) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) > tolerance
-    return bool(a != b)
-
-
-def _positive_score(model: Loaded, scores: np.ndarray) -> np.ndarray:
-    """The log's `score`: P(positive class) for a binary model, the top probability for a
-    multi-class one, the value for regression."""
-    pred = model.predictor
-    if pred.config.task != "classification":
-        return scores
-    classes = [str(c) for c in pred.preprocessor.classes]
-    positive = pred.spec.positive_class
-    if positive is not None and str(positive) in classes:
-        return scores[:, classes.index(str(positive))]
-    return scores.max(axis=1)
+def _logged_inputs(
+    model: Loaded, columns: dict[str, list[Any]], readings: np.ndarray
+) -> dict[str, Any]:
+    """The inputs for the log: numeric readings as the encoder read them (floats, NaN where
+    null: one array per column, no per-value work), categories as given."""
+    pre = model.predictor.preprocessor
+    logged: dict[str, Any] = {c: readings[:, j] for j, c in enumerate(pre.numeric)}
+    for c in SETUP.schema.columns:
+        if c not in logged:
+            logged[c] = columns[c]
+    return logged
 
 
 def _log_rows(
     request_id: str,
-    now: datetime,
     model: Loaded,
     route: str,
-    rows: list[dict[str, Any]],
-    answers: list[Prediction],
-    scores: np.ndarray,
+    inputs: dict[str, Any],
+    answer: Answer,
     elapsed: float,
 ) -> Answered:
     return Answered(
         request_id=request_id,
-        ts=now,
+        ts=datetime.now(UTC),
         model=model.name,
         version=model.version,
         route=route,
-        inputs=columns_of(rows, SETUP.schema.columns),
-        predictions=[a.prediction for a in answers],
-        scores=_positive_score(model, scores),
+        inputs=inputs,
+        predictions=answer.labels,
+        scores=answer.positive_scores(),
         latency_ms=elapsed * 1000.0,
     )
 

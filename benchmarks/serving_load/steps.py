@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 import timeit
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,12 @@ def time_body(
     raw = path.read_bytes()
     records = body_type.model_validate_json(raw).records
     n = len(records)
-    rows = [r.model_dump(by_alias=True) for r in records]
-    x = sv._encode(model, rows)
+    columns = sv.SETUP.schema.columns_of(records)
+    x, readings = sv._encode(model, columns, n)
     scores = model.predictor.scores_from_inputs(x)
-    answers = sv._answers(model, scores, "r")
-    now = datetime.now(UTC)
-    log_rows = sv._log_rows("r", now, model, "production", rows, answers, scores, 1.0)
+    answer = sv.Answer.of(model, scores)
+    logged = sv._logged_inputs(model, columns, readings)
+    log_rows = sv._log_rows("r", model, "production", logged, answer, 1.0)
     # One flush of about 5,000 rows (a busy worker's second), per request of n rows.
     many = [log_rows] * max(1, 5000 // n)
     plog._write(many)  # warm-up: imports, the first file
@@ -57,19 +56,15 @@ def time_body(
     flush_per_row = (time.perf_counter() - t0) / 3 / (len(many) * n) * 1e6
     return n, {
         "parse and validate the body": best_us(lambda: body_type.model_validate_json(raw)),
-        "records to dicts (model_dump)": best_us(
-            lambda: [r.model_dump(by_alias=True) for r in records]
-        ),
-        "encode (encode_records)": best_us(lambda: sv._encode(model, rows)),
+        "records to columns (columns_of)": best_us(lambda: sv.SETUP.schema.columns_of(records)),
+        "encode (encode_columns)": best_us(lambda: sv._encode(model, columns, n)),
         "model (onnx, alone)": best_us(lambda: model.predictor.scores_from_inputs(x)),
-        "answer objects (_answers)": best_us(lambda: sv._answers(model, scores, "r")),
-        "answer JSON": best_us(
-            lambda: sv.PredictResponse(
-                predictions=answers, version="v", request_id="r"
-            ).model_dump_json()
-        ),
+        "answers (Answer.of)": best_us(lambda: sv.Answer.of(model, scores)),
+        "answer JSON (Answer.json)": best_us(lambda: answer.json("r")),
         "prediction log rows (_log_rows)": best_us(
-            lambda: sv._log_rows("r", now, model, "production", rows, answers, scores, 1.0)
+            lambda: sv._log_rows(
+                "r", model, "production", sv._logged_inputs(model, columns, readings), answer, 1.0
+            )
         ),
         "prediction log write (flush, per request)": flush_per_row * n,
     }

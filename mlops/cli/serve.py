@@ -147,14 +147,19 @@ def review_list(
     ctx: typer.Context,
     name: str = typer.Argument(None, help="Only this model name."),
     show_all: bool = typer.Option(False, "--all", help="Resolved ones too."),
-    limit: int = typer.Option(50, "--limit", help="At most this many."),
+    limit: int = typer.Option(50, "--limit", help="At most this many (oldest first)."),
+    request_id: list[str] = typer.Option(
+        [], "--request-id", help="Only this request's (the X-Request-ID); repeatable."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Requests where production and a canary or shadow answered differently: the inputs and
     both answers, waiting for an engineer's label."""
     ws = workspace(ctx)
     with open_store(ws) as store:
-        reviews = store.list_reviews(name, status=None if show_all else "open", limit=limit)
+        reviews = store.list_reviews(
+            name, status=None if show_all else "open", limit=limit, request_ids=request_id
+        )
         refs = {m.id: m.ref for m in store.list_models(name)}
     if as_json:
         print_json([r.to_dict() for r in reviews])

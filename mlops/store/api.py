@@ -938,11 +938,19 @@ class Store:
         return len(items)
 
     def list_reviews(
-        self, name: str | None = None, *, status: str | None = "open", limit: int | None = None
+        self,
+        name: str | None = None,
+        *,
+        status: str | None = "open",
+        limit: int | None = None,
+        request_ids: Sequence[str] | None = None,
     ) -> list[ReviewRecord]:
+        """Reviews oldest first (the queue's order), optionally only those of some requests."""
         q = select(Review).order_by(Review.id)
         if name:
             q = q.where(Review.model_name == name)
+        if request_ids:
+            q = q.where(Review.request_id.in_(list(request_ids)))
         if status:
             q = q.where(Review.status == status)
         if limit:

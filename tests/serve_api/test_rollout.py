@@ -244,7 +244,9 @@ def test_shadow_disagreements_are_reviewed_and_become_labels(served: Served) -> 
         assert r.status_code == 200 and r.json()["version"] == served.good.ref
         sent.append(rid)
         time.sleep(2 * POLL_S)  # reviews are written by each worker's poll loop
-        listed[:] = json.loads(_cli(served, "review", "list", "--json", "--limit", "2000"))
+        # by request id: the load test before this one may have queued thousands of its own
+        asked = [a for rid in sent for a in ("--request-id", rid)]
+        listed[:] = json.loads(_cli(served, "review", "list", "--json", "--limit", "5000", *asked))
         return any(x["request_id"] in sent for x in listed)
 
     wait_for(queued, timeout=30, what="reviews")

@@ -4,8 +4,10 @@ as training's transform), canary hashing, the batcher and the prediction log."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -169,6 +171,42 @@ def test_the_batcher_merges_waiting_requests_and_splits_the_answers() -> None:
     assert sum(calls) == 30 and len(calls) <= 2, calls
 
 
+def test_the_batcher_runs_fast_models_on_the_loop_and_slow_ones_on_its_thread() -> None:
+    import threading
+    import time
+
+    from serving.batcher import INLINE_BELOW_S, Batcher
+
+    class Predictor:
+        def __init__(self, seconds: float) -> None:
+            self.seconds, self.threads = seconds, []  # type: list[str]
+
+        def scores_from_inputs(self, x: np.ndarray) -> np.ndarray:
+            self.threads.append(threading.current_thread().name)
+            time.sleep(self.seconds)
+            return x[:, :1]
+
+    class Model:
+        def __init__(self, seconds: float) -> None:
+            self.predictor = Predictor(seconds)
+
+    fast, slow = Model(0.0), Model(INLINE_BELOW_S * 3)
+
+    async def main() -> str:
+        b = Batcher(max_records=100)
+        for _ in range(4):  # one after another: four batches each
+            for m in (fast, slow):
+                await b.scores(m, np.zeros((2, 2), dtype=np.float32))  # type: ignore[arg-type]
+        b.close()
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert set(fast.predictor.threads) == {loop_thread}
+    # measured once on the loop, then moved off it
+    assert slow.predictor.threads[0] == loop_thread
+    assert all(t.startswith("model") for t in slow.predictor.threads[1:]), slow.predictor.threads
+
+
 def _rows(n: int, start: datetime, model: str = "m") -> list[Answered]:
     return [
         Answered(f"r{i}", start + timedelta(minutes=i), model, 1, "production",
@@ -198,6 +236,37 @@ def test_the_prediction_log_writes_hourly_parquet_and_reads_back(tmp_path: Path)
     assert since["request_id"].iloc[0] == "r60" and len(since) == 30
 
 
+def test_the_log_keeps_each_record_of_a_request_as_the_server_passes_them(tmp_path: Path) -> None:
+    # the server passes numeric readings as float arrays (NaN where a nullable one was null)
+    log = PredictionLog(tmp_path, flush_s=60)
+    at = datetime(2026, 11, 23, 9, 30, 1, 123456, tzinfo=UTC)
+    log.append(
+        Answered(
+            "a",
+            at,
+            "m",
+            2,
+            "canary",
+            {"x": np.asarray([1.5, np.nan, 3.0]), "Type": ["L", None, "H"]},
+            ["0", "1", "0"],
+            np.asarray([0.1, 0.9, 0.2]),
+            4.0,
+        )
+    )
+    log.append(Answered("b", at + timedelta(seconds=1), "m", 1, "production",
+               {"x": np.asarray([7.0]), "Type": ["M"]}, ["1"], np.asarray([0.8]), 2.0))  # fmt: skip
+    assert log.flush() == 4
+    frame = read_log(tmp_path, "m")
+    assert frame["request_id"].tolist() == ["a", "a", "a", "b"]
+    assert frame["record"].tolist() == [0, 1, 2, 0] and frame["version"].tolist() == [2, 2, 2, 1]
+    assert frame["route"].tolist() == ["canary"] * 3 + ["production"]
+    assert frame["ts"].iloc[0] == pd.Timestamp(at) and frame["latency_ms"].tolist()[-1] == 2.0
+    assert frame["input.x"].iloc[[0, 2, 3]].tolist() == [1.5, 3.0, 7.0]
+    assert frame["input.x"].isna().tolist() == [False, True, False, False]
+    assert frame["input.Type"].tolist()[::2] == ["L", "H"] and frame["input.Type"].isna()[1]
+    assert frame["score"].tolist() == [0.1, 0.9, 0.2, 0.8]
+
+
 def test_a_failed_log_write_is_counted_and_kept_for_the_next(tmp_path: Path) -> None:
     blocked = tmp_path / "log"
     blocked.write_text("a file where the log's folder should be")
@@ -209,3 +278,89 @@ def test_a_failed_log_write_is_counted_and_kept_for_the_next(tmp_path: Path) -> 
     blocked.unlink()
     assert log.flush() == 3 and outcomes[-1] == (3, True)
     assert len(read_log(blocked)) == 3
+
+
+def _call(app: Any, timeout: float) -> tuple[list[dict[str, Any]], int]:
+    """Run one GET through RequestTimeout(app); the messages sent, and how many timers were
+    still live on the loop afterwards."""
+    from serving.guard import RequestTimeout
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def main() -> int:
+        scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
+        await RequestTimeout(app, timeout)(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        return sum(not h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+
+    live = asyncio.run(main())
+    return sent, live
+
+
+def _app(before: float, between: float) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(before)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(between)
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def test_the_request_timeout_answers_504_when_nothing_was_sent_in_time() -> None:
+    sent, _ = _call(_app(before=1.0, between=0.0), timeout=0.05)
+    assert sent[0]["status"] == 504
+    assert "0.05 seconds" in json.loads(sent[1]["body"])["error"]
+
+
+def test_the_request_timeout_cancels_its_timer_once_the_answer_starts() -> None:
+    # BentoML's own leaves every request's timer alive for the whole timeout (serving/guard.py)
+    sent, live = _call(_app(before=0.0, between=0.1), timeout=60)
+    assert [m.get("status") for m in sent] == [200, None] and sent[1]["body"] == b"ok"
+    assert live == 0  # an answer slower than nothing but started in time is not cut either
+
+
+def test_bentoml_builds_its_apps_with_our_request_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bentoml._internal.server.http import traffic
+
+    from serving.guard import ENV_BENTOML_TIMEOUT, RequestTimeout, replace_bentoml_timeout
+
+    monkeypatch.setattr(traffic, "TimeoutMiddleware", traffic.TimeoutMiddleware)  # restored after
+    monkeypatch.setenv(ENV_BENTOML_TIMEOUT, "1")
+    assert not replace_bentoml_timeout() and traffic.TimeoutMiddleware is not RequestTimeout
+    monkeypatch.delenv(ENV_BENTOML_TIMEOUT)
+    assert replace_bentoml_timeout() and traffic.TimeoutMiddleware is RequestTimeout
+
+
+def test_a_review_is_queued_for_another_class_or_a_value_beyond_the_tolerance() -> None:
+    from serving.host import disagreements
+
+    assert disagreements([0, 1, 1], [0, 0, 1], 0.5) == [1]
+    assert disagreements(["a", "b"], ["a", "b"], 0.5) == []
+    # regression: target-unit values, tolerance = review_tolerance x the target's std
+    assert disagreements([10.0, 10.0, 10.0], [10.4, 10.6, 9.0], 0.5) == [1, 2]
+
+
+def test_the_log_flushes_early_once_enough_rows_wait(tmp_path: Path) -> None:
+    import time
+
+    log = PredictionLog(tmp_path, flush_s=60, flush_rows=50).start()
+    start = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    try:
+        for answered in _rows(49, start):
+            log.append(answered)
+        time.sleep(0.3)
+        assert log.written == 0  # under the threshold: waits for the clock (60 s here)
+        log.append(_rows(1, start)[0])
+        deadline = time.monotonic() + 10
+        while log.written < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.written == 50 and len(read_log(tmp_path, "m")) == 50
+    finally:
+        log.close()
