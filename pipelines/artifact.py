@@ -169,7 +169,7 @@ class Preprocessor:
                 f"more than {_MAX_STDS:.0e} training standard deviations from the mean",
             )
         x = np.zeros((n, self.n_features), dtype=np.float32)
-        x[:, : len(self.numeric)] = num if not nullable else np.nan_to_num(num, nan=0.0)
+        x[:, : len(self.numeric)] = np.nan_to_num(num, nan=0.0)  # null: the training mean
         start = len(self.numeric)
         rows = np.arange(n)
         for col, values in self.categories.items():

@@ -5,6 +5,7 @@ content type other than JSON: 415; a body over the limit: 413), each with a one-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -110,7 +111,8 @@ class RequestTimeout:
             nonlocal started
             if not started:
                 started = True
-                deadline.reschedule(None)  # answering: no longer a timeout to enforce
+                with contextlib.suppress(RuntimeError):  # already expired: the 504 path
+                    deadline.reschedule(None)  # answering: no longer a timeout to enforce
             await send(message)
 
         try:

@@ -125,6 +125,15 @@ def test_a_nullable_column_is_imputed_as_training_does(ai4i) -> None:  # type: i
     np.testing.assert_array_equal(pre.encode_records([record], frozenset({"Torque [Nm]"})), lenient)
 
 
+def test_a_nan_reading_outside_the_api_is_imputed_not_passed_to_the_model(ai4i) -> None:  # type: ignore[no-untyped-def]
+    # the API refuses NaN; a frame's records (smoke rows, tests) may carry one
+    frame, pre, _ = ai4i
+    record = {**frame[pre.input_columns].iloc[0].to_dict(), "Torque [Nm]": float("nan")}
+    x = pre.encode_records([record])
+    assert np.isfinite(x).all()
+    np.testing.assert_array_equal(x, pre.transform(pd.DataFrame([record])))
+
+
 def test_smoke_rows_come_from_the_manifest_and_encode(ai4i) -> None:  # type: ignore[no-untyped-def]
     _, pre, schema = ai4i
     rows = smoke_records(schema)
