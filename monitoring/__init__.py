@@ -1,0 +1,1 @@
+"""Monitoring: drift reports on served traffic (Evidently), read from the prediction log."""
