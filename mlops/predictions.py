@@ -69,11 +69,6 @@ class Answered:
         return len(self.predictions)
 
 
-def columns_of(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
-    """Records (dicts) as columns, for `Answered.inputs`."""
-    return {c: [r[c] for r in records] for c in names}
-
-
 def to_table(batches: Sequence[Answered]) -> pa.Table:
     """The log's rows for `batches`: columns built once per flush, straight into Arrow (pandas
     cost four times as much, and a flush holds the interpreter lock the requests need)."""

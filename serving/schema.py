@@ -51,7 +51,7 @@ class InputSchema:
     columns: tuple[str, ...]
     nullable: frozenset[str]
     signature: tuple[tuple[str, str], ...]  # (column, dtype): what a swapped-in model must match
-    attributes: tuple[tuple[str, str], ...] = ()  # (Record attribute, column)
+    attributes: tuple[tuple[str, str], ...]  # (Record attribute, column)
 
     def columns_of(self, records: Sequence[BaseModel]) -> dict[str, list[Any]]:
         """Validated records as columns (column name -> the records' values), read from the
