@@ -25,7 +25,7 @@ from typing import Annotated, Any, cast
 import bentoml
 import numpy as np
 import orjson
-from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
+from bentoml.exceptions import BentoMLException, InvalidArgument
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import Response
 
@@ -239,10 +239,10 @@ class MlopsService:
         ctx.response.headers["X-Request-ID"] = request_id
         routes = self.host.routes  # taken once: this request finishes on these versions
         model, route = routes.pick(ctx.request.headers.get("x-client-id") or request_id)
-        if model is None:
-            raise ServiceUnavailable(
-                f"no production version of {SETUP.name} is loaded yet (see `mlops status`)"
-            )
+        if model is None:  # a 503 that says why (BentoML words every 5xx it raises alike)
+            ctx.response.status_code = 503
+            why = f"no production version of {SETUP.name} is loaded yet (see `mlops status`)"
+            return Response(orjson.dumps({"error": why}), media_type="application/json")
         columns = SETUP.schema.columns_of(cast(list[BaseModel], records))
         n = len(records)
         x, readings = _encode(model, columns, n)

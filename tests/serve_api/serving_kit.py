@@ -48,7 +48,8 @@ class Served:
     proc: subprocess.Popen[bytes]
     log: Path
     sample: list[dict[str, Any]]  # real rows of the data set, as a client would send them
-    before_promotion: dict[str, int]  # /livez and /readyz while nothing was in production
+    before_promotion: dict[str, int]  # /livez, /readyz, /predict while nothing was in production
+    unready_error: str  # /predict's error then
 
     def store(self) -> Store:
         return Store.open(self.ws.database_url)
@@ -215,10 +216,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         # Up, but nothing in production yet: alive, not ready.
         wait_for(lambda: httpx.get(f"{url}/livez").status_code == 200, what="the server")
         before = {p: httpx.get(f"{url}/{p}").status_code for p in ("livez", "readyz")}
+        early = httpx.post(f"{url}/predict", json={"records": records[:1]})
+        before["predict"] = early.status_code
         with Store.open(ws.database_url) as store:
             store.set_stage(good.id, "production", action="promote", reason="test setup")
             good = store.get_model(good.id)
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, what="readiness")
-        yield Served(ws, url, env, good, noise, spare, proc, log, records, before)
+        yield Served(
+            ws, url, env, good, noise, spare, proc, log, records, before, early.json()["error"]
+        )
     finally:
         stop_server(proc)

@@ -133,7 +133,8 @@ def test_each_malformed_request_gets_a_4xx_naming_the_field(served: Served, kind
 
 def test_readyz_is_false_until_a_model_is_loaded(served: Served) -> None:
     # recorded by the fixture while the store had no production version
-    assert served.before_promotion == {"livez": 200, "readyz": 503}
+    assert served.before_promotion == {"livez": 200, "readyz": 503, "predict": 503}
+    assert served.unready_error.startswith("no production version of ai4i")
     assert httpx.get(f"{served.url}/readyz").status_code == 200
 
 
