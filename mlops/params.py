@@ -135,6 +135,25 @@ class ServeParams(_Section):
     check: bool = True
 
 
+class MonitorParams(_Section):
+    """`mlops monitor`: the reference, the window and the alert thresholds."""
+
+    # Rows of the serving version's data kept as the reference (held-out rows first: the
+    # performance estimate calibrates on rows the model never trained on).
+    reference_rows: int = Field(20_000, ge=100)
+    window_rows: int = Field(5_000, ge=1)  # the window without --since or --last
+    min_rows: int = Field(100, ge=1)  # fewer rows in the window: no report
+    # Drift tests on more rows than this run on a random sample of this size (the report says
+    # so): on 10^5 rows a test flags differences too small to matter, and takes longer.
+    max_rows: int = Field(20_000, ge=100)
+    min_labels: int = Field(50, ge=1)  # fewer labelled rows in a window: no realized quality
+    seed: int = 0
+    # Alerts: any one crossed sends mlops.drift.detected and the webhook message.
+    alert_drift_share: float = Field(0.3, gt=0, le=1)
+    alert_columns: list[str] = Field(default_factory=list)
+    alert_metric_drop: float = Field(0.05, ge=0)
+
+
 class Params(_Section):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -143,6 +162,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     compress: CompressParams = CompressParams()
     serve: ServeParams = ServeParams()
+    monitor: MonitorParams = MonitorParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from mlops.cli import compress, data, run, serve, train, validate
+from mlops.cli import compress, data, monitor, run, serve, train, validate
 from mlops.cli.common import err_console
 from mlops.errors import MlopsError
 
@@ -49,6 +49,9 @@ app.command()(serve.rollout)
 app.command("rollback")(train.models_rollback)
 app.add_typer(serve.review_app, name="review")
 app.add_typer(serve.predictions_app, name="predictions")
+app.command()(monitor.monitor)
+app.add_typer(monitor.drift_app, name="drift")
+app.command()(monitor.feedback)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mlops.settings import Workspace
 from mlops.store import Store
@@ -57,12 +58,13 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     console.print(table)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
+    """A cell as plain text: a column named "Tool wear [min]" is data, not rich markup."""
     if value is None:
-        return ""
+        return Text("")
     if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    return str(value)
+        return Text(f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}")
+    return Text(str(value))
 
 
 def short_time(value: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select, text
@@ -862,6 +863,13 @@ class Store:
         drifted: bool,
         details: dict[str, Any],
         path: str | None,
+        model_name: str | None = None,
+        window_start: datetime | None = None,
+        window_end: datetime | None = None,
+        estimated: dict[str, Any] | None = None,
+        realized: dict[str, Any] | None = None,
+        alerts: list[Any] | None = None,
+        json_path: str | None = None,
     ) -> DriftRecord:
         with self._tx() as s:
             row = DriftReport(
@@ -872,16 +880,46 @@ class Store:
                 drifted=drifted,
                 details=details,
                 path=path,
+                model_name=model_name,
+                window_start=window_start,
+                window_end=window_end,
+                estimated=estimated or {},
+                realized=realized or {},
+                alerts=alerts or [],
+                json_path=json_path,
             )
             s.add(row)
             s.flush()
             return _to(DriftRecord, row)
 
-    def list_drift_reports(self) -> list[DriftRecord]:
+    def set_drift_alerts(self, report_id: int, alerts: list[Any]) -> DriftRecord:
+        """What the monitor sent for a report (recorded after sending, so a failed send shows)."""
         with self._tx() as s:
-            return [
-                _to(DriftRecord, r) for r in s.scalars(select(DriftReport).order_by(DriftReport.id))
-            ]
+            row = s.get(DriftReport, report_id)
+            if row is None:
+                raise MlopsError(f"no drift report {report_id}")
+            row.alerts = list(alerts)
+            s.flush()
+            return _to(DriftRecord, row)
+
+    def get_drift_report(self, report_id: int) -> DriftRecord:
+        with self._tx() as s:
+            row = s.get(DriftReport, report_id)
+            if row is None:
+                raise MlopsError(f"no drift report {report_id} (see `mlops drift list`)")
+            return _to(DriftRecord, row)
+
+    def list_drift_reports(
+        self, name: str | None = None, *, limit: int | None = None
+    ) -> list[DriftRecord]:
+        """Reports oldest first; with `limit`, the newest `limit` of them."""
+        q = select(DriftReport).order_by(DriftReport.id.desc())
+        if name:
+            q = q.where(DriftReport.model_name == name)
+        if limit:
+            q = q.limit(limit)
+        with self._tx() as s:
+            return [_to(DriftRecord, r) for r in s.scalars(q)][::-1]
 
     # -- serving: packages, server reports, reviews, labels -----------------------------------
 
@@ -992,6 +1030,39 @@ class Store:
         row.value, row.source, row.actor, row.created_at = str(value), source, actor, utcnow()
         s.flush()
         return _to(LabelRecord, row)
+
+    def add_labels(
+        self, name: str, labels: Sequence[tuple[str, int, str]], *, source: str, actor: str = ""
+    ) -> int:
+        """Ground truth for many served records (request id, record, value) in one transaction;
+        a record's later label replaces its earlier one. Returns how many were stored."""
+        if not labels:
+            return 0
+        latest = {(str(r), int(i)): str(v) for r, i, v in labels}
+        now = utcnow()
+        with self._tx() as s:
+            ids = sorted({r for r, _ in latest})
+            for start in range(0, len(ids), 500):  # bound the IN list
+                chunk = ids[start : start + 500]
+                for row in s.scalars(select(Label).where(Label.request_id.in_(chunk))):
+                    key = (row.request_id, row.record)
+                    if key in latest:
+                        s.delete(row)
+            s.flush()
+            s.add_all(
+                Label(
+                    model_name=name,
+                    request_id=r,
+                    record=i,
+                    value=v,
+                    source=source,
+                    actor=actor,
+                    created_at=now,
+                )
+                for (r, i), v in latest.items()
+            )
+            s.flush()
+        return len(latest)
 
     def list_labels(self, name: str | None = None) -> list[LabelRecord]:
         q = select(Label).order_by(Label.id)

@@ -184,8 +184,17 @@ class DriftReport(Base):
     drift_share: Mapped[float] = mapped_column(Float, default=0.0)
     drifted: Mapped[bool] = mapped_column(Boolean, default=False)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)  # the HTML report
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The monitor's summary (0005): which model and window, quality estimated without labels
+    # and realized from the labels that arrived, the alerts sent, the JSON report.
+    model_name: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    window_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    window_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    estimated: Mapped[dict[str, Any] | None] = mapped_column(nullable=True, default=dict)
+    realized: Mapped[dict[str, Any] | None] = mapped_column(nullable=True, default=dict)
+    alerts: Mapped[list[Any] | None] = mapped_column(nullable=True, default=list)
+    json_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ModelAlias(Base):

@@ -126,6 +126,13 @@ class DriftRecord(_Record):
     details: dict[str, Any]
     path: str | None
     created_at: datetime
+    model_name: str | None
+    window_start: datetime | None
+    window_end: datetime | None
+    estimated: dict[str, Any] | None
+    realized: dict[str, Any] | None
+    alerts: list[Any] | None
+    json_path: str | None
 
 
 R = TypeVar("R", bound=_Record)

@@ -1,0 +1,366 @@
+"""The monitor step: a window of served traffic against the serving version's reference.
+
+    result = monitor(ws, store, params, name="ai4i", last=5000)
+
+1. The window: rows of the prediction log (production and canary answers; shadow answers
+   reached nobody), the newest `last` or those since a time.
+2. The reference: a sample of the production version's own data, held-out rows first (they
+   carry labels the model never trained on), scored by that version once and kept as Parquet
+   under MLOPS_HOME; its size is in the report.
+3. Evidently's report: per-column drift of the inputs, drift of the served score, a data
+   summary. Windows larger than `monitor.max_rows` are sampled (stated in the summary).
+4. Quality: estimated without labels (CBPE or DLE, `monitoring.estimate`), checked by the
+   multivariate reconstruction test and the reference's ranges, and realized from the labels
+   that arrived (`mlops feedback`, resolved reviews) where there are enough.
+5. The summary goes to the store; crossed thresholds send alerts (`monitoring.alerts`).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlops.errors import MlopsError
+from mlops.io import atomic_write_bytes
+from mlops.params import MonitorParams, Params, PrepareParams
+from mlops.predictions import inputs_of, read_log
+from mlops.settings import Workspace
+from mlops.store import DriftRecord, ModelRecord, Store
+from pipelines.artifact import Predictor, load_predictor
+from pipelines.evaluate import evaluate_scores, primary_metric
+from pipelines.sources import DatasetSpec
+
+SCORE = "_score"  # the reference's and the window's served score column, in drift terms
+SPLIT = "_split"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """`30m`, `6h`, `2d`, `1w` before now, or an ISO time (UTC when it names no zone)."""
+    now = now or datetime.now(UTC)
+    m = _DURATION.match(value)
+    if m:
+        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise MlopsError(
+            f"--since {value!r}: expected a duration (30m, 6h, 2d, 1w) or an ISO time"
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The version's reference: raw inputs, labels, split, and the version's scores."""
+
+    frame: pd.DataFrame  # features + target + _split
+    scores: np.ndarray  # predictor.scores of frame: (n, classes) or (n,)
+    path: Path
+
+    @property
+    def held_out(self) -> np.ndarray:
+        return (self.frame[SPLIT] != "train").to_numpy()
+
+
+@dataclass
+class MonitorResult:
+    report: DriftRecord
+    html: Path
+    json: Path
+    summary: dict[str, Any]
+    reasons: list[str] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def training_run_id(store: Store, record: ModelRecord) -> int | None:
+    """The run that trained a version, or its parent's for a compressed child."""
+    seen = set()
+    current: ModelRecord | None = record
+    while current is not None and current.id not in seen:
+        if current.run_id is not None:
+            return current.run_id
+        seen.add(current.id)
+        current = store.get_model(current.parent_id) if current.parent_id else None
+    return None
+
+
+def reference_path(ws: Workspace, record: ModelRecord) -> Path:
+    return ws.home / "monitoring" / record.name / f"reference-v{record.version}.parquet"
+
+
+def load_reference(
+    ws: Workspace, store: Store, record: ModelRecord, predictor: Predictor, params: MonitorParams
+) -> Reference:
+    """The stored reference of `record`, built (and stored) on first use."""
+    path = reference_path(ws, record)
+    spec = predictor.spec
+    if path.is_file():
+        frame = pd.read_parquet(path)
+    else:
+        frame = build_reference(ws, store, record, spec, params)
+        buf = frame.to_parquet(index=False)
+        assert buf is not None
+        atomic_write_bytes(path, buf)
+    return Reference(frame=frame, scores=predictor.scores(frame), path=path)
+
+
+def build_reference(
+    ws: Workspace, store: Store, record: ModelRecord, spec: DatasetSpec, params: MonitorParams
+) -> pd.DataFrame:
+    """Up to `params.reference_rows` rows of the data `record` was built from, split as its
+    training split them; held-out (val, test) rows first, then training rows."""
+    from pipelines.prepare import prepare
+    from pipelines.validate import load_frame
+
+    if not record.batch_ids:
+        raise MlopsError(f"{record.ref} records no batches: no reference to monitor against")
+    frames = {b: load_frame(ws, store, store.get_batch(b)) for b in record.batch_ids}
+    run_id = training_run_id(store, record)
+    raw = store.get_run(run_id).params.get("prepare", {}) if run_id is not None else {}
+    prepare_params = PrepareParams.model_validate(raw) if raw else PrepareParams()
+    data = prepare(frames, spec, prepare_params)
+    keep = [*spec.features, spec.target]
+    parts = [data.split(s)[keep].assign(**{SPLIT: s}) for s in ("val", "test", "train")]
+    held_out = pd.concat(parts[:2], ignore_index=True)
+    rng = np.random.default_rng(params.seed)
+    if len(held_out) >= params.reference_rows:
+        return held_out.iloc[np.sort(rng.choice(len(held_out), params.reference_rows, False))]
+    train = parts[2]
+    n = min(len(train), params.reference_rows - len(held_out))
+    picked = train.iloc[np.sort(rng.choice(len(train), n, replace=False))]
+    return pd.concat([held_out, picked], ignore_index=True)
+
+
+def load_window(
+    ws: Workspace, name: str, *, since: datetime | None, last: int | None
+) -> pd.DataFrame:
+    """Served rows of `name` (shadow answers excluded), oldest first."""
+    if since is None and last is None:
+        raise MlopsError("monitor: give a window (--since or --last)")
+    # Read generously when counting from the end: shadow rows are dropped after reading.
+    rows = read_log(ws.predictions_dir, name, since=since, last=last * 2 if last else None)
+    if rows.empty:
+        return rows
+    served = rows[rows["route"] != "shadow"]
+    return (served.tail(last) if last else served).reset_index(drop=True)
+
+
+def served_score(task: str, scores: np.ndarray, positive: int | None) -> np.ndarray:
+    """The score the log keeps, from full scores: P(positive) for a binary model, the top
+    probability for a multi-class one, the prediction for regression."""
+    if task != "classification":
+        return np.asarray(scores, dtype=np.float64).reshape(-1)
+    if positive is not None and scores.shape[1] == 2:
+        return scores[:, positive]
+    return scores.max(axis=1)
+
+
+def _sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    if len(frame) <= n:
+        return frame
+    rng = np.random.default_rng(seed)
+    return frame.iloc[np.sort(rng.choice(len(frame), n, replace=False))]
+
+
+def window_labels(store: Store, name: str, window: pd.DataFrame) -> pd.Series:
+    """The label of each window row, where one arrived (NaN elsewhere); by request id and
+    record index."""
+    labels = store.list_labels(name)
+    if not labels:
+        return pd.Series([np.nan] * len(window), index=window.index, dtype=object)
+    known = {(lab.request_id, lab.record): lab.value for lab in labels}
+    keys = zip(window["request_id"].astype(str), window["record"].astype(int), strict=True)
+    return pd.Series([known.get(k, np.nan) for k in keys], index=window.index, dtype=object)
+
+
+def _labels_as(values: pd.Series, classes: list[Any], task: str) -> np.ndarray:
+    """Labels as the model's classes (text from the store -> the class it names)."""
+    if task == "regression":
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    by_text = {str(c): c for c in classes}
+    unknown = sorted({str(v) for v in values if str(v) not in by_text})
+    if unknown:
+        raise MlopsError(f"labels {unknown[:5]} are not among the model's classes {list(by_text)}")
+    return np.asarray([by_text[str(v)] for v in values], dtype=object)
+
+
+def monitor(
+    ws: Workspace,
+    store: Store,
+    params: Params,
+    *,
+    name: str,
+    since: datetime | None = None,
+    last: int | None = None,
+    alert: bool = True,
+    now: datetime | None = None,
+) -> MonitorResult:
+    """One monitor run for model `name`: the report, its summary in the store, the alerts."""
+    from monitoring import alerts, drift
+
+    mp = params.monitor
+    record = store.production_model(name)
+    if record is None:
+        raise MlopsError(f"{name} has no production version: nothing is served to monitor")
+    if since is None and last is None:
+        last = mp.window_rows
+    window = load_window(ws, name, since=since, last=last)
+    if len(window) < mp.min_rows:
+        raise MlopsError(
+            f"monitor {name}: {len(window)} served row(s) in the window, fewer than "
+            f"monitor.min_rows={mp.min_rows} (serve more traffic or widen --since/--last)"
+        )
+    from pipelines.gate import model_dir
+
+    predictor = load_predictor(model_dir(ws, record))
+    spec, pre = predictor.spec, predictor.preprocessor
+    reference = load_reference(ws, store, record, predictor, mp)
+    task = spec.task
+    classes = list(pre.classes)
+    positive = _positive_index(record, classes) if task == "classification" else None
+
+    inputs = inputs_of(window)
+    missing = [c for c in spec.features if c not in inputs.columns]
+    if missing:
+        raise MlopsError(f"monitor {name}: the prediction log has no input column(s) {missing}")
+    current = inputs[list(spec.features)].copy()
+    current[SCORE] = window["score"].to_numpy(dtype=np.float64)
+    ref_frame = reference.frame[list(spec.features)].copy()
+    ref_frame[SCORE] = served_score(task, reference.scores, positive)
+    sampled = _sample(current, mp.max_rows, mp.seed)
+    numerical = [c for c in spec.features if c not in spec.categorical]
+    result, snapshot = drift.compare(
+        _sample(ref_frame, mp.max_rows, mp.seed),
+        sampled,
+        numerical=[*numerical, SCORE],
+        categorical=list(spec.categorical),
+    )
+    inputs_drift = [c for c in result.columns if c.column != SCORE]
+    drifted = [c.column for c in inputs_drift if c.drifted]
+    share = len(drifted) / len(inputs_drift) if inputs_drift else 0.0
+    prediction = next(c for c in result.columns if c.column == SCORE)
+
+    # Quality: the production version on the window's inputs, against the reference.
+    window_scores = predictor.scores(current[list(spec.features)])
+    metric, higher = primary_metric(task, params.evaluate)
+    baseline = _metrics(task, reference, spec.target, classes, positive)
+    quality = _quality(store, name, window, window_scores, task, classes, positive, mp.min_labels)
+
+    end = pd.Timestamp(window["ts"].max()).to_pydatetime()
+    start = pd.Timestamp(window["ts"].min()).to_pydatetime()
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    stem = f"{name}-v{record.version}-{stamp}-{uuid.uuid4().hex[:6]}"
+    folder = ws.home / "monitoring" / name / "reports"
+    html, js = drift.save(snapshot, folder, stem)
+    summary: dict[str, Any] = {
+        "model": name,
+        "version": record.version,
+        "window": {"start": start.isoformat(), "end": end.isoformat()},
+        "rows": len(window),
+        "rows_tested": len(sampled),
+        "reference_rows": len(reference.frame),
+        "drift_share": share,
+        "drifted": drifted,
+        "prediction_drift": {
+            "method": prediction.method,
+            "score": prediction.score,
+            "drifted": prediction.drifted,
+        },
+        "primary_metric": {
+            "name": metric,
+            "higher_is_better": higher,
+            "baseline": baseline.get(metric),
+            "estimated": None,
+            "realized": quality.get(metric),
+        },
+    }
+    details = {
+        "columns": [c.__dict__ for c in inputs_drift],
+        "prediction": prediction.__dict__,
+        "reference": {"rows": len(reference.frame), "metrics": baseline},
+        "sampled": len(sampled) < len(current),
+        "primary_metric": summary["primary_metric"],
+        "prediction_drift": summary["prediction_drift"],
+    }
+    reasons = alerts.crossed(
+        summary,
+        alerts.Thresholds(
+            drift_share=mp.alert_drift_share,
+            columns=tuple(mp.alert_columns),
+            metric_drop=mp.alert_metric_drop,
+        ),
+    )
+    saved = store.add_drift_report(
+        model_version_id=record.id,
+        reference=ws.home_relative(reference.path),
+        rows=len(window),
+        drift_share=share,
+        drifted=bool(reasons),
+        details=details,
+        path=ws.home_relative(html),
+        model_name=name,
+        window_start=start,
+        window_end=end,
+        estimated={},
+        realized=quality,
+        json_path=ws.home_relative(js),
+    )
+    summary["report_id"] = saved.id
+    sent: list[dict[str, Any]] = []
+    if reasons and alert:
+        sent = alerts.send_alerts(summary, reasons)
+        saved = store.set_drift_alerts(saved.id, [{"reasons": reasons}, *sent])
+    return MonitorResult(saved, html, js, summary, reasons, sent)
+
+
+def _positive_index(record: ModelRecord, classes: list[Any]) -> int | None:
+    if len(classes) != 2:
+        return None
+    named = record.metrics.get("positive_class")
+    texts = [str(c) for c in classes]
+    if named is not None and str(named) in texts:
+        return texts.index(str(named))
+    return 1
+
+
+def _metrics(
+    task: str, reference: Reference, target: str, classes: list[Any], positive: int | None
+) -> dict[str, Any]:
+    """The version's metrics on the reference's held-out rows: what the window is held to."""
+    held = reference.held_out
+    if not held.any():
+        return {}
+    frame = reference.frame[held]
+    pos = classes[positive] if positive is not None else None
+    return evaluate_scores(task, frame[target].to_numpy(), reference.scores[held], classes, pos)
+
+
+def _quality(
+    store: Store,
+    name: str,
+    window: pd.DataFrame,
+    scores: np.ndarray,
+    task: str,
+    classes: list[Any],
+    positive: int | None,
+    min_labels: int,
+) -> dict[str, Any]:
+    """Realized quality on the window's labelled rows (empty below `min_labels`)."""
+    labels = window_labels(store, name, window)
+    known = labels.notna().to_numpy()
+    if known.sum() < min_labels:
+        return {"labelled": int(known.sum())} if known.any() else {}
+    y = _labels_as(labels[known], classes, task)
+    pos = classes[positive] if positive is not None else None
+    out = evaluate_scores(task, y, scores[known], classes, pos)
+    out["labelled"] = int(known.sum())
+    return out

@@ -1,0 +1,217 @@
+"""Monitoring end to end: traffic through the real `mlops serve` (the session's server), then
+`mlops monitor` in its own process on the prediction log the server wrote.
+
+- undrifted traffic (rows of the data the production version was built from): nothing flagged;
+- ambient temperature +3 K: both temperature columns flagged and only them; an alert goes out,
+  as a Prefect event to a real Prefect server and as a JSON POST to a webhook receiver here;
+- `mlops drift list/show` and `mlops feedback` on the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from serving_kit import Served, wait_for
+
+from mlops.predictions import read_log
+from pipelines.sources import AI4I_SPEC, generate_ai4i
+
+TEMPERATURES = {"Air temperature [K]", "Process temperature [K]"}
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local receiver standing in for Slack (outside our stack): it keeps what it is sent."""
+    got: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hooks/T000/B000/secret", got
+    finally:
+        server.shutdown()
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    cols = list(AI4I_SPEC.features)
+    return [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        for row in frame[cols].to_dict(orient="records")
+    ]
+
+
+def _send(served: Served, frame: pd.DataFrame, per_request: int = 100) -> int:
+    """POST the rows; returns how many the log must now hold on top of what it held."""
+    before = len(read_log(served.ws.predictions_dir, "ai4i"))
+    records = _records(frame)
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        for i in range(0, len(records), per_request):
+            r = client.post("/predict", json={"records": records[i : i + per_request]})
+            assert r.status_code == 200, r.text
+    want = before + len(records)
+    wait_for(
+        lambda: len(read_log(served.ws.predictions_dir, "ai4i")) >= want,
+        what="the prediction log",
+    )
+    return want
+
+
+def _mlops(served: Served, *args: str, env: dict[str, str] | None = None) -> Any:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlops", "-w", str(served.ws.root), *args],
+        env={**served.env, "COLUMNS": "200", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return proc
+
+
+def _base_rows() -> pd.DataFrame:
+    """The rows the production version was built from (the fixture's batch: 3,000, seed 5),
+    shuffled: traffic with no drift at all."""
+    return generate_ai4i(3000, 5).sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def test_monitor_flags_the_shifted_columns_and_alerts(
+    served: Served, prefect_server: None, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    served.reset()
+    url, received = webhook
+    env = {"MLOPS_ALERT_WEBHOOK": url, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    rows = _base_rows().head(2000)
+
+    _send(served, rows)
+    calm = _mlops(served, "monitor", "--last", "2000", "--json", env=env)
+    assert calm.returncode == 0, calm.stderr
+    calm_summary = json.loads(calm.stdout)
+    assert calm_summary["rows"] == 2000
+    assert calm_summary["drifted"] == []
+    assert calm_summary["reasons"] == [] and calm_summary["alerts"] == []
+    assert received == []
+
+    shifted = rows.copy()
+    for c in TEMPERATURES:
+        shifted[c] = shifted[c] + 3.0
+    _send(served, shifted)
+    hot = _mlops(served, "monitor", "--last", "2000", "--json", env=env)
+    assert hot.returncode == 0, hot.stderr
+    summary = json.loads(hot.stdout)
+    assert set(summary["drifted"]) == TEMPERATURES
+    assert summary["reasons"], "a third of the inputs drifted: the default threshold is 0.3"
+    channels = {a["channel"]: a for a in summary["alerts"]}
+    assert channels["webhook"]["ok"] and channels["prefect"]["ok"], summary["alerts"]
+
+    # The webhook got one Slack-compatible message naming the report; the address (with its
+    # token) is not in what the monitor printed.
+    assert len(received) == 1
+    assert f"report {summary['report_id']}" in received[0]["text"]
+    assert "secret" not in hot.stdout + hot.stderr
+
+    # The Prefect server holds the event, with the summary as its payload.
+    found = _events(str(PREFECT_API_URL.value()))
+    ours = [e for e in found if e["payload"].get("report_id") == summary["report_id"]]
+    assert len(ours) == 1
+    assert ours[0]["resource"]["prefect.resource.id"] == "mlops.model.ai4i"
+    assert set(ours[0]["payload"]["drifted"]) == TEMPERATURES
+
+    # Ops read it back: the list has both runs; show names each column's method.
+    listed = _mlops(served, "drift", "list", "--json")
+    reports = {r["id"]: r for r in json.loads(listed.stdout)}
+    assert {calm_summary["report_id"], summary["report_id"]} <= set(reports)
+    assert reports[summary["report_id"]]["drifted"] is True
+    assert reports[calm_summary["report_id"]]["drifted"] is False
+    shown = _mlops(served, "drift", "show", str(summary["report_id"]))
+    assert shown.returncode == 0, shown.stderr
+    assert "Tool wear [min]" in shown.stdout  # names with brackets are data, not markup
+    assert "Wasserstein" in shown.stdout or "K-S" in shown.stdout
+    html = served.ws.home / reports[summary["report_id"]]["path"]
+    assert html.is_file() and html.stat().st_size > 10_000
+
+
+def _events(api: str) -> list[dict[str, Any]]:
+    def query() -> list[dict[str, Any]]:
+        r = httpx.post(
+            f"{api}/events/filter",
+            json={"filter": {"event": {"name": ["mlops.drift.detected"]}}, "limit": 50},
+        )
+        r.raise_for_status()
+        return list(r.json()["events"])
+
+    wait_for(lambda: bool(query()), what="the drift event on the Prefect server")
+    return query()
+
+
+def test_feedback_gives_realized_quality_per_window(served: Served, tmp_path: Any) -> None:
+    """Labels sent after serving join the log by request id; the next monitor run reports the
+    realized quality of the window, and a bad label file is refused with its row."""
+    served.reset()
+    frame = _base_rows().iloc[2000:3000].reset_index(drop=True)
+    records = _records(frame)
+    truth = frame[AI4I_SPEC.target].to_numpy()
+    labels = []
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        for i in range(0, len(records), 100):
+            r = client.post("/predict", json={"records": records[i : i + 100]})
+            assert r.status_code == 200, r.text
+            rid = r.json()["request_id"]
+            labels += [(rid, j, int(truth[i + j])) for j in range(len(records[i : i + 100]))]
+    wait_for(
+        lambda: len({rid for rid, _, _ in labels} & set(_logged_ids(served))) == 10,
+        what="the requests in the log",
+    )
+    path = tmp_path / "labels.csv"
+    pd.DataFrame(labels, columns=["request_id", "record", "label"]).to_csv(path, index=False)
+    done = _mlops(served, "feedback", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "1000 label(s)" in done.stdout and "1000 match" in done.stdout
+
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame([["r1", 0, 1], ["r2", 0, 7]], columns=["request_id", "record", "label"]).to_csv(
+        bad, index=False
+    )
+    refused = _mlops(served, "feedback", str(bad))
+    assert refused.returncode != 0
+    assert "'7'" in refused.stderr and "classes" in refused.stderr
+
+    run = _mlops(served, "monitor", "--last", "1000", "--no-alert", "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    realized = summary["primary_metric"]["realized"]
+    assert realized is not None and 0.0 <= realized <= 1.0
+    from pipelines.artifact import load_predictor
+    from pipelines.evaluate import evaluate_scores
+    from pipelines.gate import model_dir
+
+    predictor = load_predictor(model_dir(served.ws, served.good))
+    expected = evaluate_scores(
+        "classification", truth, predictor.scores(frame), list(predictor.preprocessor.classes)
+    )
+    assert realized == pytest.approx(expected[summary["primary_metric"]["name"]], abs=1e-9)
+
+
+def _logged_ids(served: Served) -> list[str]:
+    return read_log(served.ws.predictions_dir, "ai4i")["request_id"].astype(str).tolist()
