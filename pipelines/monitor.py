@@ -205,7 +205,7 @@ def monitor(
     now: datetime | None = None,
 ) -> MonitorResult:
     """One monitor run for model `name`: the report, its summary in the store, the alerts."""
-    from monitoring import alerts, drift
+    from monitoring import alerts, drift, ui
 
     mp = params.monitor
     record = store.production_model(name)
@@ -291,6 +291,21 @@ def monitor(
         "primary_metric": summary["primary_metric"],
         "prediction_drift": summary["prediction_drift"],
     }
+    metric_info = summary["primary_metric"]
+    details["evidently_snapshot"] = ui.add_run(
+        ws.evidently_dir,
+        name,
+        snapshot,
+        timestamp=end,
+        values={
+            "drift_share": share,
+            "drifted_columns": len(drifted),
+            "rows": len(window),
+            f"estimated_{metric}": metric_info["estimated"],
+            f"realized_{metric}": metric_info["realized"],
+        },
+        tags=[f"v{record.version}"],
+    )
     reasons = alerts.crossed(
         summary,
         alerts.Thresholds(

@@ -52,6 +52,7 @@ app.add_typer(serve.predictions_app, name="predictions")
 app.command()(monitor.monitor)
 app.add_typer(monitor.drift_app, name="drift")
 app.command()(monitor.feedback)
+app.command()(monitor.ui)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +207,32 @@ def feedback(
         f"records in the prediction log"
         + (f", {done.unmatched} do not (yet)" if done.unmatched else "")
     )
+
+
+def ui(
+    ctx: typer.Context,
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address (the UI has no login: keep it local)."
+    ),
+) -> None:
+    """Open the monitoring dashboards: Evidently's UI on the workspace's monitor runs (one
+    project per model: drift share, drifted columns, estimated and realized quality, rows)."""
+    from monitoring.ui import start_ui
+
+    ws = workspace(ctx)
+    log = ws.home / "logs" / "evidently-ui.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with console.status("starting the Evidently UI"):
+        server = start_ui(ws.evidently_dir, host, port, log_path=log)
+    # Stopped by a signal, this process takes the UI's with it (the `with` stops it).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with server:
+        # Plain print, flushed: scripts (and the browser test) read the address from it.
+        print(f"Evidently UI: {server.url}  (Ctrl-C to stop; log: {log})", flush=True)
+        try:
+            code = server.process.wait()
+        except KeyboardInterrupt:
+            return
+    if code:
+        raise MlopsError(f"ui: evidently ui stopped with code {code} (see {log})")
