@@ -1,7 +1,8 @@
 """The lifecycle flow: Prefect wiring only. Each task calls plain functions in `pipelines/`.
 
 ingest -> validate -> train + evaluate (DVC stages, the promotion gate) -> compress -> package
--> deploy (the first production version only; later ones wait for a release manager)
+-> deploy (the first production version only; later ones wait for a release manager) -> traffic
+and monitor (the demo: a drift scenario sent to the service, then a drift report)
 """
 
 from __future__ import annotations
@@ -181,6 +182,35 @@ def deploy_task(root: str, serve: ServeParams, ref: str) -> dict[str, Any]:
     return out
 
 
+@task(name="traffic-monitor")
+def traffic_monitor_task(root: str, params: Params, name: str) -> dict[str, Any]:
+    """The demo's last step: serve the production version, send it traffic (with the
+    `monitor.demo_drift` scenario on the built-in source), and monitor that window. Once per
+    production version: a re-run with nothing new makes no second report."""
+    from pipelines.monitor import summary_markdown
+    from pipelines.traffic import demo_monitor
+
+    ws = open_workspace(root)
+    configure_environment(ws)
+    with Store.open(ws.database_url) as store:
+        done = demo_monitor(ws, store, params, name)
+    if done.result is None:
+        return {"skipped": done.skipped}
+    result, s = done.result, done.result.summary
+    get_run_logger().info(
+        "sent %d records to the service; drift report %s: drifted %s",
+        done.sent, result.report.id, ", ".join(s["drifted"]) or "none",
+    )  # fmt: skip
+    create_markdown_artifact(key="monitor-report", markdown=summary_markdown(s, result.reasons))
+    return {
+        "report": result.report.id,
+        "rows": s["rows"],
+        "drifted": ", ".join(s["drifted"]) or "none",
+        "html": str(result.html),
+        "alerts": "; ".join(result.reasons) or "none",
+    }
+
+
 def _primary(metrics: dict[str, Any]) -> str:
     name = metrics.get("primary_metric")
     value = metrics.get(name) if isinstance(name, str) else None
@@ -196,7 +226,8 @@ def lifecycle(
     request: SourceRequest | None = None,
     dataset: str | None = None,
 ) -> LifecycleResult:
-    """Ingest -> validate -> train/evaluate/gate -> compress, on one workspace.
+    """Ingest -> validate -> train/evaluate/gate -> compress -> package/deploy -> traffic and
+    monitor, on one workspace.
 
     `request` says what to ingest; without one (and no `ingest.*` override) the run retrains
     on the workspace's data set (`dataset` when there are several), from its newest batch.
@@ -224,6 +255,8 @@ def lifecycle(
         usable = child.get("stage") in ("staging", "production")
         staged = child["model"] if usable else steps["train"]["model"]
         steps["deploy"] = deploy_task(root, params.serve, staged)
+        if params.monitor.demo_rows and params.serve.check:
+            steps["monitor"] = traffic_monitor_task(root, params, steps["ingest"]["dataset"])
     else:
         steps["compress"] = {"model": None, "reason": "candidate was not promoted"}
 

@@ -152,6 +152,11 @@ class MonitorParams(_Section):
     alert_drift_share: float = Field(0.3, gt=0, le=1)
     alert_columns: list[str] = Field(default_factory=list)
     alert_metric_drop: float = Field(0.05, ge=0)
+    # `mlops run`'s monitor step: this many records of traffic sent to the service, from the
+    # built-in source with this drift scenario (a user's data set: a sample of its newest
+    # batch, as it is), then one monitor run on them. 0: no monitor step.
+    demo_rows: int = Field(2_000, ge=0)
+    demo_drift: str = "ambient_shift_k=3"
 
 
 class Params(_Section):

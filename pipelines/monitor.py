@@ -379,3 +379,33 @@ def _quality(
     out = evaluate_scores(task, y, scores[known], classes, pos)
     out["labelled"] = int(known.sum())
     return out
+
+
+def summary_markdown(summary: dict[str, Any], reasons: list[str]) -> str:
+    """A monitor run for people (the Prefect artifact): window, drift, quality, alerts."""
+    m = summary["primary_metric"]
+    lines = [
+        f"## Monitor: {summary['model']} version {summary['version']}, report "
+        f"{summary['report_id']}",
+        "",
+        f"Window {summary['window']['start']} .. {summary['window']['end']}: "
+        f"{summary['rows']} rows against {summary['reference_rows']} reference rows.",
+        "",
+        "| what | value |",
+        "|---|---|",
+        f"| drift share | {summary['drift_share']:.2f} |",
+        f"| drifted columns | {', '.join(summary['drifted']) or 'none'} |",
+        f"| prediction drift | {summary['prediction_drift']['drifted']} |",
+        f"| {m['name']} on the reference | {_num(m['baseline'])} |",
+        f"| {m['name']} estimated | {_num(m['estimated'])} |",
+        f"| {m['name']} realized | {_num(m['realized'])} |",
+        "",
+        "Alerts: " + ("; ".join(reasons) if reasons else "none"),
+        "",
+        f"`mlops drift show {summary['report_id']}`; dashboards: `mlops ui`",
+    ]
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "-"

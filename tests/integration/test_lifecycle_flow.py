@@ -49,8 +49,17 @@ def test_lifecycle_runs_every_step_and_records_lineage(ws: Workspace, prefect_se
             package = store.get_package(deployed.ref)
             assert package is not None and package.bento_tag == deploy["bento"] != ""
             assert deploy["served"] == f"3 records answered by {deployed.ref}"
+            # then the demo's traffic (ambient +3 K) went through a server and was monitored
             log = read_log(ws.predictions_dir, deployed.name)
-            assert len(log) == 3 and set(log["version"]) == {deployed.version}
+            assert len(log) == 3 + 2000 and set(log["version"]) == {deployed.version}
+            monitored = steps["monitor"]
+            (report,) = store.list_drift_reports(deployed.name)
+            assert monitored["report"] == report.id and report.rows == 2000
+            assert report.model_version_id == deployed.id
+            assert {"Air temperature [K]", "Process temperature [K]"} <= set(
+                monitored["drifted"].split(", ")
+            )
+            assert (ws.home / str(report.path)).is_file()
         else:
             assert "deploy" not in steps
     finally:
