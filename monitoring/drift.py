@@ -65,11 +65,13 @@ def compare(
     *,
     numerical: Sequence[str],
     categorical: Sequence[str] = (),
+    summary: bool = False,
 ) -> tuple[DriftResult, Any]:
     """Drift of each named column of `current` against `reference`; the result, and Evidently's
-    snapshot (for `save`)."""
+    snapshot (for `save`). With `summary`, the report also carries Evidently's data summary of
+    both (counts, missing values, ranges, per-column statistics)."""
     from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
+    from evidently.presets import DataDriftPreset, DataSummaryPreset
 
     names = [*numerical, *categorical]
     if not names:
@@ -90,7 +92,10 @@ def compare(
             data[c] = data[c].astype("string").astype(object)
         return Dataset.from_pandas(data, data_definition=definition)
 
-    report = Report([DataDriftPreset(columns=names)], include_tests=True)
+    presets: list[Any] = [DataDriftPreset(columns=names)]
+    if summary:
+        presets.append(DataSummaryPreset(columns=names))
+    report = Report(presets, include_tests=True)
     snapshot = report.run(dataset(current), dataset(reference))
     kinds: dict[str, Kind] = dict.fromkeys(numerical, "numerical")
     kinds.update(dict.fromkeys(categorical, "categorical"))

@@ -243,6 +243,7 @@ def monitor(
         sampled,
         numerical=[*numerical, SCORE],
         categorical=list(spec.categorical),
+        summary=True,
     )
     inputs_drift = [c for c in result.columns if c.column != SCORE]
     drifted = [c.column for c in inputs_drift if c.drifted]
