@@ -34,7 +34,7 @@ class Thresholds:
 def crossed(summary: Mapping[str, Any], limits: Thresholds) -> list[str]:
     """The reasons to alert, one line each (empty: nothing crossed).
 
-    `summary` holds `drift_share`, `drifted` (column names), `multivariate` (its `flagged`),
+    `summary` holds `drift_share`, `drifted` (column names), `multivariate` (`flagged`, `reasons`),
     and `estimated` / `baseline` with the primary metric's name, value and direction.
     """
     reasons = []
@@ -49,7 +49,7 @@ def crossed(summary: Mapping[str, Any], limits: Thresholds) -> list[str]:
         reasons.append(f"watched column(s) drifted: {', '.join(watched)}")
     multivariate = summary.get("multivariate") or {}
     if multivariate.get("flagged"):
-        reasons.append("multivariate check: the relation between the inputs changed")
+        reasons.extend(multivariate.get("reasons") or ["multivariate check flagged the window"])
     metric = summary.get("primary_metric") or {}
     estimated, baseline = metric.get("estimated"), metric.get("baseline")
     if estimated is not None and baseline is not None:

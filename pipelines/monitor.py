@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,12 @@ from pipelines.artifact import Predictor, load_predictor
 from pipelines.evaluate import evaluate_scores, primary_metric
 from pipelines.sources import DatasetSpec
 
+if TYPE_CHECKING:
+    from monitoring.estimate import Estimate
+    from monitoring.multivariate import MultivariateResult
+
+MIN_CALIBRATION_ROWS = 200  # held-out reference rows below which no estimate is made
+MAX_SEGMENTS = 10
 SCORE = "_score"  # the reference's and the window's served score column, in drift terms
 SPLIT = "_split"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -206,6 +212,7 @@ def monitor(
 ) -> MonitorResult:
     """One monitor run for model `name`: the report, its summary in the store, the alerts."""
     from monitoring import alerts, drift, ui
+    from monitoring.estimate import mark_unreliable
 
     mp = params.monitor
     record = store.production_model(name)
@@ -255,6 +262,13 @@ def monitor(
     metric, higher = primary_metric(task, params.evaluate)
     baseline = _metrics(task, reference, spec.target, classes, positive)
     quality = _quality(store, name, window, window_scores, task, classes, positive, mp.min_labels)
+    check = _multivariate(reference, current, numerical)
+    estimate = _estimate(predictor, reference, current, window_scores, positive, mp.seed)
+    if estimate is not None and check is not None:
+        estimate = mark_unreliable(estimate, check)
+    estimated = estimate.to_dict() if estimate is not None else {}
+    point = estimate.metrics.get(metric) if estimate is not None else None
+    reliable = bool(estimate.reliable) if estimate is not None else None
 
     end = pd.Timestamp(window["ts"].max()).to_pydatetime()
     start = pd.Timestamp(window["ts"].min()).to_pydatetime()
@@ -280,9 +294,15 @@ def monitor(
             "name": metric,
             "higher_is_better": higher,
             "baseline": baseline.get(metric),
-            "estimated": None,
+            # An unreliable estimate is reported, not alerted on: its reasons are the alerts.
+            "estimated": point.value if point is not None and reliable else None,
+            "estimate": point.value if point is not None else None,
+            "band": [point.lower, point.upper] if point is not None else None,
+            "reliable": reliable,
             "realized": quality.get(metric),
         },
+        "multivariate": check.to_dict() if check is not None else None,
+        "estimate_reasons": list(estimate.reasons) if estimate is not None else [],
     }
     details = {
         "columns": [c.__dict__ for c in inputs_drift],
@@ -291,6 +311,7 @@ def monitor(
         "sampled": len(sampled) < len(current),
         "primary_metric": summary["primary_metric"],
         "prediction_drift": summary["prediction_drift"],
+        "multivariate": summary["multivariate"],
     }
     metric_info = summary["primary_metric"]
     details["evidently_snapshot"] = ui.add_run(
@@ -302,7 +323,7 @@ def monitor(
             "drift_share": share,
             "drifted_columns": len(drifted),
             "rows": len(window),
-            f"estimated_{metric}": metric_info["estimated"],
+            f"estimated_{metric}": metric_info["estimate"],
             f"realized_{metric}": metric_info["realized"],
         },
         tags=[f"v{record.version}"],
@@ -326,7 +347,7 @@ def monitor(
         model_name=name,
         window_start=start,
         window_end=end,
-        estimated={},
+        estimated=estimated,
         realized=quality,
         json_path=ws.home_relative(js),
     )
@@ -336,6 +357,65 @@ def monitor(
         sent = alerts.send_alerts(summary, reasons)
         saved = store.set_drift_alerts(saved.id, [{"reasons": reasons}, *sent])
     return MonitorResult(saved, html, js, summary, reasons, sent)
+
+
+def _multivariate(
+    reference: Reference, current: pd.DataFrame, numerical: list[str]
+) -> MultivariateResult | None:
+    """The PCA reconstruction and range check (None: fewer than two numerical inputs)."""
+    from monitoring.multivariate import MIN_CHUNKS, ReconstructionCheck
+
+    if len(numerical) < 2 or len(reference.frame) < 2 * MIN_CHUNKS:
+        return None
+    return ReconstructionCheck.fit(reference.frame, numerical).check(current)
+
+
+def _estimate(
+    predictor: Predictor,
+    reference: Reference,
+    current: pd.DataFrame,
+    window_scores: np.ndarray,
+    positive: int | None,
+    seed: int,
+) -> Estimate | None:
+    """Quality without labels, calibrated on the reference's held-out rows: CBPE for a
+    classifier, DLE for a regression (None: too few held-out rows to calibrate on)."""
+    from monitoring.estimate import CBPE, DLE
+
+    spec, pre = predictor.spec, predictor.preprocessor
+    held = reference.held_out
+    if held.sum() < MIN_CALIBRATION_ROWS:
+        return None
+    frame = reference.frame[held]
+    features = list(spec.features)
+    if spec.task == "classification":
+        index = {str(c): i for i, c in enumerate(pre.classes)}
+        labels = np.asarray([index[str(v)] for v in frame[spec.target]], dtype=np.int64)
+        segment = _segment_column(frame, spec)
+        cbpe = CBPE.fit(
+            reference.scores[held],
+            labels,
+            positive,
+            segments=frame[segment].astype(str).to_numpy() if segment else None,
+            seed=seed,
+        )
+        return cbpe.estimate(
+            window_scores, segments=current[segment].astype(str).to_numpy() if segment else None
+        )
+    dle = DLE.fit(
+        pre.transform(frame[features]),
+        reference.scores[held],
+        frame[spec.target].to_numpy(dtype=np.float64),
+    )
+    return dle.estimate(pre.transform(current[features]), window_scores)
+
+
+def _segment_column(frame: pd.DataFrame, spec: DatasetSpec) -> str | None:
+    """The categorical input with the fewest categories (at most MAX_SEGMENTS): CBPE calibrates
+    within each, so a change in their mix does not bias the estimate (BENCHMARKS.md)."""
+    counts = {c: frame[c].nunique() for c in spec.categorical}
+    fit = [c for c, n in counts.items() if 1 < n <= MAX_SEGMENTS]
+    return min(fit, key=lambda c: counts[c]) if fit else None
 
 
 def _positive_index(record: ModelRecord, classes: list[Any]) -> int | None:

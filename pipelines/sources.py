@@ -201,6 +201,9 @@ class Ai4iDrift:
     speed_bias_rpm: float = 0.0  # sensor offset, recorded column only
     sensor_noise: float = 0.0  # extra noise sd as a fraction of each sensor's sd
     tool_wear_rate: float = 1.0  # multiplies wear per process (worn tooling)
+    # Share of rows whose process temperature is shuffled among themselves (a failed regulator):
+    # each column keeps exactly its values, only the air/process correlation breaks.
+    decouple_temperatures: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -213,6 +216,10 @@ class Ai4iDrift:
             raise MlopsError(f"drift sensor_noise: must be >= 0, got {self.sensor_noise}")
         if self.tool_wear_rate <= 0:
             raise MlopsError(f"drift tool_wear_rate: must be > 0, got {self.tool_wear_rate}")
+        if not 0 <= self.decouple_temperatures <= 1:
+            raise MlopsError(
+                f"drift decouple_temperatures: must be in [0, 1], got {self.decouple_temperatures}"
+            )
         if self.product_mix is not None:
             mix = tuple(self.product_mix)
             if len(mix) != 3 or not all(
@@ -320,7 +327,8 @@ def generate_ai4i(
             )
     drift = drift if drift is not None else Ai4iDrift()
     # One stream per component, so a drift knob changes only what it touches.
-    rng = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(8)]
+    # A child stream depends on its index only: adding a ninth left the first eight unchanged.
+    rng = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(9)]
 
     mix = np.cumsum(drift.product_mix or _DEFAULT_MIX)
     kind = np.minimum(np.searchsorted(mix, rng[0].random(rows), side="right"), 2).astype(np.int64)
@@ -331,6 +339,10 @@ def generate_ai4i(
     )
     air = np.round(300.0 + drift.ambient_shift_k + 2.0 * air_walk, 1)
     process = np.round(300.0 + drift.ambient_shift_k + 2.0 * air_walk + 10.0 + gap, 1)
+    if drift.decouple_temperatures > 0:
+        # Before the failure rules: the machine's physics now sees the decoupled temperatures.
+        rows_hit = np.flatnonzero(rng[8].random(rows) < drift.decouple_temperatures)
+        process[rows_hit] = process[rng[8].permutation(rows_hit)]
 
     torque: FloatArray = np.abs(rng[3].normal(40.0, 10.0, rows)).round(1)
     # Speed follows a softened constant-power hyperbola in torque, plus gaussian noise.

@@ -23,7 +23,7 @@ import pytest
 from serving_kit import Served, wait_for
 
 from mlops.predictions import read_log
-from pipelines.sources import AI4I_SPEC, generate_ai4i
+from pipelines.sources import AI4I_SPEC, Ai4iDrift, generate_ai4i
 
 TEMPERATURES = {"Air temperature [K]", "Process temperature [K]"}
 
@@ -112,6 +112,11 @@ def test_monitor_flags_the_shifted_columns_and_alerts(
     assert calm_summary["drifted"] == []
     assert calm_summary["reasons"] == [] and calm_summary["alerts"] == []
     assert received == []
+    # quality estimated without labels, trusted: nothing moved
+    metric = calm_summary["primary_metric"]
+    assert metric["reliable"] is True and metric["estimated"] is not None
+    assert metric["band"][0] <= metric["estimated"] <= metric["band"][1]
+    assert calm_summary["multivariate"]["flagged"] is False
 
     shifted = rows.copy()
     for c in TEMPERATURES:
@@ -150,6 +155,30 @@ def test_monitor_flags_the_shifted_columns_and_alerts(
     assert "Wasserstein" in shown.stdout or "K-S" in shown.stdout
     html = served.ws.home / reports[summary["report_id"]]["path"]
     assert html.is_file() and html.stat().st_size > 10_000
+
+
+def test_decoupled_temperatures_pass_per_column_tests_but_not_the_multivariate_check(
+    served: Served,
+) -> None:
+    """Process temperature stops following air temperature; every column keeps exactly its
+    values, so no per-column test can see it. The PCA reconstruction check does, and the
+    quality estimate is marked unreliable with that reason."""
+    served.reset()
+    decoupled = generate_ai4i(3000, 5, Ai4iDrift(decouple_temperatures=1.0))
+    base = generate_ai4i(3000, 5)
+    for c in AI4I_SPEC.features:  # the marginals are the base rows', to the value
+        assert sorted(decoupled[c].astype(str)) == sorted(base[c].astype(str))
+    _send(served, decoupled.sample(n=2000, random_state=1))
+    run = _mlops(served, "monitor", "--last", "2000", "--no-alert", "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["drifted"] == []
+    multivariate = summary["multivariate"]
+    assert multivariate["drift_flagged"] is True
+    assert multivariate["reconstruction_error"] > multivariate["upper"]
+    assert any("multivariate" in r for r in summary["reasons"])
+    assert summary["primary_metric"]["reliable"] is False
+    assert any("multivariate" in r for r in summary["estimate_reasons"])
 
 
 def _events(api: str) -> list[dict[str, Any]]:

@@ -45,8 +45,8 @@ def test_each_threshold_gives_its_reason() -> None:
     assert len(share) == 1 and "drift share 0.33 >= 0.30 (A, B)" in share[0]
     watched = crossed(_summary(drift_share=1 / 6, drifted=["Torque [Nm]"]), LIMITS)
     assert watched == ["watched column(s) drifted: Torque [Nm]"]
-    multi = crossed(_summary(multivariate={"flagged": True}), LIMITS)
-    assert len(multi) == 1 and "multivariate" in multi[0]
+    flagged = {"flagged": True, "reasons": ["multivariate check: error 2.1 outside [1.0, 1.2]"]}
+    assert crossed(_summary(multivariate=flagged), LIMITS) == flagged["reasons"]
     metric = {"name": "pr_auc", "higher_is_better": True, "baseline": 0.7, "estimated": 0.6}
     drop = crossed(_summary(primary_metric=metric), LIMITS)
     assert len(drop) == 1 and "estimated pr_auc 0.600 is 0.100 worse" in drop[0]
