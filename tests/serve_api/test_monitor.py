@@ -244,3 +244,34 @@ def test_feedback_gives_realized_quality_per_window(served: Served, tmp_path: An
 
 def _logged_ids(served: Served) -> list[str]:
     return read_log(served.ws.predictions_dir, "ai4i")["request_id"].astype(str).tolist()
+
+
+def test_the_monitoring_flow_leaves_its_report_in_prefect(
+    served: Served, prefect_server: None
+) -> None:
+    """The monitoring flow on a real Prefect server: a completed run, the report in the store,
+    and its markdown artifact on the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.monitor import monitor_flow
+
+    served.reset()
+    _send(served, _base_rows().head(500))
+    state = monitor_flow(workspace=str(served.ws.root), last=500, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["rows"] == 500 and summary["drifted"] == []
+    with served.store() as store:
+        assert store.get_drift_report(summary["report_id"]).rows == 500
+
+    async def artifacts() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["monitor-ai4i"]))
+            )
+
+    import asyncio
+
+    found = asyncio.run(artifacts())
+    assert any(f"report {summary['report_id']}" in str(a.data) for a in found)
