@@ -261,7 +261,8 @@ def monitor(
     window_scores = predictor.scores(current[list(spec.features)])
     metric, higher = primary_metric(task, params.evaluate)
     baseline = _metrics(task, reference, spec.target, classes, positive)
-    quality = _quality(store, name, window, window_scores, task, classes, positive, mp.min_labels)
+    labels = window_labels(store, name, window)
+    quality = _quality(labels, window_scores, task, classes, positive, mp.min_labels)
     check = _multivariate(reference, current, numerical)
     estimate = _estimate(predictor, reference, current, window_scores, positive, mp.seed)
     if estimate is not None and check is not None:
@@ -276,6 +277,15 @@ def monitor(
     stem = f"{name}-v{record.version}-{stamp}-{uuid.uuid4().hex[:6]}"
     folder = ws.home / "monitoring" / name / "reports"
     html, js = drift.save(snapshot, folder, stem)
+    quality_html = None
+    if metric in quality:  # enough labels: Evidently's quality report beside the drift one
+        quality_html, _ = drift.save(
+            _quality_snapshot(
+                task, reference, spec.target, labels, window_scores, classes, positive
+            ),
+            folder,
+            f"{stem}-quality",
+        )
     summary: dict[str, Any] = {
         "model": name,
         "version": record.version,
@@ -312,6 +322,7 @@ def monitor(
         "primary_metric": summary["primary_metric"],
         "prediction_drift": summary["prediction_drift"],
         "multivariate": summary["multivariate"],
+        "quality_report": ws.home_relative(quality_html) if quality_html else None,
     }
     metric_info = summary["primary_metric"]
     details["evidently_snapshot"] = ui.add_run(
@@ -441,9 +452,7 @@ def _metrics(
 
 
 def _quality(
-    store: Store,
-    name: str,
-    window: pd.DataFrame,
+    labels: pd.Series,
     scores: np.ndarray,
     task: str,
     classes: list[Any],
@@ -451,7 +460,6 @@ def _quality(
     min_labels: int,
 ) -> dict[str, Any]:
     """Realized quality on the window's labelled rows (empty below `min_labels`)."""
-    labels = window_labels(store, name, window)
     known = labels.notna().to_numpy()
     if known.sum() < min_labels:
         return {"labelled": int(known.sum())} if known.any() else {}
@@ -460,6 +468,44 @@ def _quality(
     out = evaluate_scores(task, y, scores[known], classes, pos)
     out["labelled"] = int(known.sum())
     return out
+
+
+def _quality_snapshot(
+    task: str,
+    reference: Reference,
+    target: str,
+    labels: pd.Series,
+    window_scores: np.ndarray,
+    classes: list[Any],
+    positive: int | None,
+) -> Any:
+    """Evidently's quality report: the window's labelled rows against the reference's held-out
+    rows, both as the serving version scored them."""
+    from monitoring.quality import PREDICTION, PROBA, TARGET, quality_report
+
+    held = reference.held_out
+    known = labels.notna().to_numpy()
+
+    def frame(truth: Any, scores: np.ndarray) -> pd.DataFrame:
+        if task == "regression":
+            return pd.DataFrame({TARGET: np.asarray(truth, dtype=np.float64), PREDICTION: scores})
+        out = pd.DataFrame(
+            {
+                TARGET: [str(v) for v in truth],
+                PREDICTION: [str(classes[i]) for i in scores.argmax(axis=1)],
+            }
+        )
+        if positive is not None:
+            out[PROBA] = scores[:, positive]
+        return out
+
+    truth = _labels_as(labels[known], classes, task)
+    return quality_report(
+        frame(reference.frame[target][held].to_numpy(), reference.scores[held]),
+        frame(truth, window_scores[known]),
+        task=task,
+        positive=str(classes[positive]) if positive is not None else None,
+    )
 
 
 def summary_markdown(summary: dict[str, Any], reasons: list[str]) -> str:

@@ -240,6 +240,11 @@ def test_feedback_gives_realized_quality_per_window(served: Served, tmp_path: An
         "classification", truth, predictor.scores(frame), list(predictor.preprocessor.classes)
     )
     assert realized == pytest.approx(expected[summary["primary_metric"]["name"]], abs=1e-9)
+    # Evidently's quality report on the labelled rows sits beside the drift report
+    with served.store() as store:
+        report = store.get_drift_report(summary["report_id"])
+    quality = served.ws.home / report.details["quality_report"]
+    assert quality.is_file() and "F1" in quality.read_text()
 
 
 def _logged_ids(served: Served) -> list[str]:
