@@ -273,7 +273,8 @@ def monitor(
 
     end = pd.Timestamp(window["ts"].max()).to_pydatetime()
     start = pd.Timestamp(window["ts"].min()).to_pydatetime()
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S")
+    ran = now or datetime.now(UTC)
+    stamp = ran.strftime("%Y%m%dT%H%M%S")
     stem = f"{name}-v{record.version}-{stamp}-{uuid.uuid4().hex[:6]}"
     folder = ws.home / "monitoring" / name / "reports"
     html, js = drift.save(snapshot, folder, stem)
@@ -329,7 +330,7 @@ def monitor(
         ws.evidently_dir,
         name,
         snapshot,
-        timestamp=end,
+        timestamp=ran,  # one point per monitor run, even when two runs share a window
         values={
             "drift_share": share,
             "drifted_columns": len(drifted),

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
+import socket
+import subprocess
 import sys
+import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +138,97 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+# --- the browser: Debian's Chromium driven by Playwright, and `mlops ui` ---
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRE_BROWSER = os.environ.get("MLOPS_REQUIRE_BROWSER", "") not in ("", "0", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium and Playwright; skips loudly (fails under MLOPS_REQUIRE_BROWSER=1)."""
+    problems = []
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        problems.append("no chromium on PATH (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problems.append("playwright is not installed (pip install -e '.[dev]')")
+    if problems:
+        msg = "Evidently UI NOT TESTED in a browser: " + "; ".join(problems)
+        if REQUIRE_BROWSER:
+            pytest.fail(msg + " and MLOPS_REQUIRE_BROWSER is set")
+        print(f"\n*** {msg} ***", file=sys.stderr)
+        warnings.warn(msg, stacklevel=1)
+        pytest.skip(msg)
+    assert path is not None
+    return path
+
+
+def _save_screen(page: Any, tmp_path: Path, name: str) -> Path:
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    folder = Path(os.environ.get("MLOPS_TEST_SCREENS") or REPO / "artifacts" / "test-screens")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, folder / name)
+    print(f"\nscreenshot: {folder / name}", file=sys.stderr)
+    return shot
+
+
+@dataclass(frozen=True)
+class UiRun:
+    url: str
+
+
+@contextlib.contextmanager
+def _mlops_ui(root: Path, tmp_path: Path) -> Iterator[UiRun]:
+    """`mlops ui` as an operator starts it, in its own process; the URL is the one it prints."""
+    log = tmp_path / "mlops-ui.out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlops", "-w", str(root), "ui", "--port", str(free_port())],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        url = None
+        while url is None:
+            found = re.search(r"Evidently UI: (http://\S+)", log.read_text())
+            if found:
+                url = found.group(1)
+            elif proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlops ui did not start: {log.read_text()[-2000:]}")
+            else:
+                time.sleep(0.25)
+        yield UiRun(url)
+    finally:
+        proc.terminate()  # its SIGTERM handler stops the Evidently server with it
+        proc.wait(timeout=30)
+    port = int(url.rsplit(":", 1)[1])
+    from monitoring.ui import _port_taken
+
+    assert not _port_taken("127.0.0.1", port), "mlops ui left the Evidently server running"
+
+
+@pytest.fixture
+def save_screen() -> Any:
+    """`save_screen(page, tmp_path, name)`: a full-page screenshot kept as a test artifact (the
+    test's tmp dir and $MLOPS_TEST_SCREENS, default artifacts/test-screens/)."""
+    return _save_screen
+
+
+@pytest.fixture
+def mlops_ui() -> Any:
+    """`with mlops_ui(workspace_root, tmp_path) as ui:` runs `mlops ui` in its own process;
+    `ui.url` is the address it printed; on exit it is stopped, and the test fails if it left
+    the Evidently server behind."""
+    return _mlops_ui

@@ -10,17 +10,9 @@ artifacts/test-screens/ at the repository root).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -171,54 +163,16 @@ def test_ui_command_is_evidentlys_own_cli(tmp_path: Path) -> None:
 # --- the dashboard in a real browser ---
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's Chromium and Playwright; skips loudly (fails under MLOPS_REQUIRE_BROWSER=1)."""
-    problems = []
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        problems.append("no chromium on PATH (apt-get install chromium)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        problems.append("playwright is not installed (pip install -e '.[dev]')")
-    if problems:
-        msg = "Evidently UI NOT TESTED in a browser: " + "; ".join(problems)
-        if REQUIRE_BROWSER:
-            pytest.fail(msg + " and MLOPS_REQUIRE_BROWSER is set")
-        print(f"\n*** {msg} ***", file=sys.stderr)
-        warnings.warn(msg, stacklevel=1)
-        pytest.skip(msg)
-    assert path is not None
-    return path
-
-
-def _save_screen(page: Any, tmp_path: Path, name: str) -> Path:
-    shot = tmp_path / name
-    page.screenshot(path=str(shot), full_page=True)
-    folder = Path(os.environ.get("MLOPS_TEST_SCREENS") or REPO / "artifacts" / "test-screens")
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, folder / name)
-    print(f"\nscreenshot: {folder / name}", file=sys.stderr)
-    return shot
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_dashboard_shows_every_run_in_the_browser(
-    monitored: Monitored, chromium: str, tmp_path: Path
+    monitored: Monitored, chromium: str, tmp_path: Path, mlops_ui: Any, save_screen: Any
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     rows = [float(v["rows"] or 0) for v in monitored.expected]
-    with _mlops_ui(monitored.root, tmp_path) as server, sync_playwright() as pw:
+    with mlops_ui(monitored.root, tmp_path) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True)
         context = browser.new_context(
             viewport={"width": 1400, "height": 1300}, reduced_motion="reduce"
@@ -258,41 +212,8 @@ def test_dashboard_shows_every_run_in_the_browser(
                 f"{T0 + timedelta(hours=i):%Y-%m-%d %H:%M:%S}" for i in range(3)
             ]
         finally:
-            _save_screen(page, tmp_path, "evidently-dashboard.png")
+            save_screen(page, tmp_path, "evidently-dashboard.png")
             browser.close()
-
-
-@dataclass(frozen=True)
-class _Ui:
-    url: str
-
-
-@contextlib.contextmanager
-def _mlops_ui(root: Path, tmp_path: Path) -> Iterator[_Ui]:
-    """`mlops ui` as an operator starts it, in its own process; the URL is the one it prints."""
-    log = tmp_path / "mlops-ui.out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlops", "-w", str(root), "ui", "--port", str(_free_port())],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        url = None
-        while url is None:
-            found = re.search(r"Evidently UI: (http://\S+)", log.read_text())
-            if found:
-                url = found.group(1)
-            elif proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlops ui did not start: {log.read_text()[-2000:]}")
-            else:
-                time.sleep(0.25)
-        yield _Ui(url)
-    finally:
-        proc.terminate()  # its SIGTERM handler stops the Evidently server with it
-        proc.wait(timeout=30)
-    port = int(url.rsplit(":", 1)[1])
-    assert not ui._port_taken("127.0.0.1", port), "mlops ui left the Evidently server running"
 
 
 def _project_id(url: str) -> str:

@@ -280,3 +280,48 @@ def test_the_monitoring_flow_leaves_its_report_in_prefect(
 
     found = asyncio.run(artifacts())
     assert any(f"report {summary['report_id']}" in str(a.data) for a in found)
+
+
+@pytest.mark.timeout(300)
+def test_the_dashboard_shows_the_monitor_runs_of_served_traffic(
+    served: Served, chromium: str, mlops_ui: Any, save_screen: Any, tmp_path: Any
+) -> None:
+    """Monitor runs made by `mlops monitor` on traffic the real server answered, then `mlops ui`
+    in headless Chromium: the model's project shows a point per run."""
+    from playwright.sync_api import expect, sync_playwright
+
+    served.reset()
+    with served.store() as store:
+        runs = len(store.list_drift_reports("ai4i"))
+    if runs < 3:
+        _send(served, _base_rows().head(300))
+    for last in (100, 200, 300)[: max(0, 3 - runs)]:  # windows of three sizes: three heights
+        done = _mlops(served, "monitor", "--last", str(last), "--no-alert")
+        assert done.returncode == 0, done.stderr
+    with served.store() as store:
+        runs = len(store.list_drift_reports("ai4i"))
+    assert runs >= 3
+
+    with mlops_ui(served.ws.root, tmp_path) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300}, reduced_motion="reduce")
+        try:
+            page.goto(server.url)
+            page.get_by_text("ai4i", exact=True).click()
+            heading = page.get_by_role("heading", name="Drift share", exact=True)
+            card = page.locator(".MuiCard-root").filter(has=heading)
+            expect(card).to_have_count(1)
+            expect(card.locator(".MuiMarkElement-root")).to_have_count(runs)
+            title = "Estimated and realized pr_auc"
+            metric = page.locator(".MuiCard-root").filter(
+                has=page.get_by_role("heading", name=title, exact=True)
+            )
+            expect(metric).to_have_count(1)
+            expect(metric.locator(".MuiMarkElement-root")).to_have_count(runs)
+            rows = page.locator(".MuiCard-root").filter(
+                has=page.get_by_role("heading", name="Rows per window", exact=True)
+            )
+            expect(rows.locator(".MuiBarElement-root")).to_have_count(runs)
+        finally:
+            save_screen(page, tmp_path, "evidently-served-dashboard.png")
+            browser.close()
