@@ -133,7 +133,7 @@ def emit_event(summary: Mapping[str, Any], reasons: Sequence[str]) -> dict[str, 
 
     outcome: dict[str, Any] = {"channel": "prefect", "ok": False, "event": EVENT}
     if not PREFECT_API_URL.value():
-        outcome["error"] = "not sent: PREFECT_API_URL is not set"
+        outcome["error"] = "PREFECT_API_URL is not set"
         return outcome
     from prefect.events import Event
     from prefect.events.clients import get_events_client

@@ -163,10 +163,19 @@ def _print_report(r: DriftRecord) -> None:
     )
     metric = r.details.get("primary_metric") or {}
     if metric:
+        estimate = _fmt(metric.get("estimate"))
+        band = metric.get("band")
+        if band:
+            estimate += f" [{_fmt(band[0])}, {_fmt(band[1])}]"
+        if metric.get("reliable") is False:
+            estimate += " (unreliable)"
         console.print(
             f"{metric.get('name')}: reference {_fmt(metric.get('baseline'))}, estimated "
-            f"{_fmt(metric.get('estimated'))}, realized {_fmt(metric.get('realized'))}"
+            f"{estimate}, realized {_fmt(metric.get('realized'))}",
+            markup=False,
         )
+    for reason in (r.estimated or {}).get("reasons", []):
+        console.print(f"  estimate unreliable: {reason}", markup=False)
 
 
 def _fmt(value: Any) -> str:
