@@ -58,6 +58,9 @@ class TrainParams(_Section):
     # CPU threads for training; 0 keeps torch's default. A small MLP's steps are too short to
     # split: more threads mostly wait on each other, and a fixed count keeps results repeatable.
     cpu_threads: int = Field(1, ge=0)
+    # Processes for torch DDP (`mlops stage train` starts them with torch.distributed.run;
+    # gloo on CPU, NCCL with one GPU each); each trains on its share of every batch.
+    nproc: int = Field(1, ge=1)
 
     @field_validator("hidden")
     @classmethod
@@ -159,6 +162,19 @@ class MonitorParams(_Section):
     demo_drift: str = "ambient_shift_k=3"
 
 
+class LoopParams(_Section):
+    """The closed loop: what a drift alert may start, and how often."""
+
+    # A drift alert starts a retrain unless one started within cooldown_s (the Prefect
+    # trigger's `within` too), or max_retrains started within window_s.
+    cooldown_s: float = Field(3600.0, ge=0)
+    max_retrains: int = Field(3, ge=1)
+    window_s: float = Field(86400.0, gt=0)
+    # `mlops schedule retrain|monitor --cron ...` writes these; `mlops worker` applies them.
+    retrain_cron: str = ""
+    monitor_cron: str = ""
+
+
 class Params(_Section):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -168,6 +184,7 @@ class Params(_Section):
     compress: CompressParams = CompressParams()
     serve: ServeParams = ServeParams()
     monitor: MonitorParams = MonitorParams()
+    loop: LoopParams = LoopParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

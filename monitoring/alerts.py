@@ -126,9 +126,10 @@ def post_webhook(
 def emit_event(summary: Mapping[str, Any], reasons: Sequence[str]) -> dict[str, Any]:
     """Send `mlops.drift.detected` to the configured Prefect API and wait until it is sent.
 
-    The resource is the model (`mlops.model.<name>`), so an automation can match one model;
-    the payload is the summary with the reasons. Without `PREFECT_API_URL` nothing is sent
-    (the monitor does not start a temporary server that no automation watches)."""
+    The resource is the model (`mlops.model.<name>`, labelled with the store's decision
+    `mlops.decision`), so an automation can match one model and only the alerts that may start
+    a retrain; the payload is the summary with the reasons. Without `PREFECT_API_URL` nothing
+    is sent (the monitor does not start a temporary server that no automation watches)."""
     from prefect.settings import PREFECT_API_URL
 
     outcome: dict[str, Any] = {"channel": "prefect", "ok": False, "event": EVENT}
@@ -141,7 +142,13 @@ def emit_event(summary: Mapping[str, Any], reasons: Sequence[str]) -> dict[str, 
     model = str(summary.get("model"))
     event = Event(
         event=EVENT,
-        resource={"prefect.resource.id": f"mlops.model.{model}", "prefect.resource.name": model},
+        resource={
+            "prefect.resource.id": f"mlops.model.{model}",
+            "prefect.resource.name": model,
+            # What the store decided the alert causes (retrain | suppressed): the label the
+            # loop's trigger matches, so a suppressed alert starts nothing.
+            "mlops.decision": str((summary.get("drift_event") or {}).get("decision", "none")),
+        },
         payload={**summary, "reasons": list(reasons)},
     )
 

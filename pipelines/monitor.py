@@ -366,6 +366,21 @@ def monitor(
     summary["report_id"] = saved.id
     sent: list[dict[str, Any]] = []
     if reasons and alert:
+        # What the alert may cause is decided here, in the store, before anyone hears of it:
+        # the event carries the decision, and the Prefect trigger only runs a retrain for one.
+        loop = params.loop
+        event = store.record_drift_event(
+            name,
+            drift_report_id=saved.id,
+            cooldown_s=loop.cooldown_s,
+            max_retrains=loop.max_retrains,
+            window_s=loop.window_s,
+        )
+        summary["drift_event"] = {
+            "id": event.id,
+            "decision": event.decision,
+            "reason": event.reason,
+        }
         sent = alerts.send_alerts(summary, reasons)
         saved = store.set_drift_alerts(saved.id, [{"reasons": reasons}, *sent])
     return MonitorResult(saved, html, js, summary, reasons, sent)

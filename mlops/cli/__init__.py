@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from mlops.cli import compress, data, monitor, run, serve, train, validate
+from mlops.cli import compress, data, loop, monitor, run, serve, train, validate
 from mlops.cli.common import err_console
 from mlops.errors import MlopsError
 
@@ -53,6 +53,10 @@ app.command()(monitor.monitor)
 app.add_typer(monitor.drift_app, name="drift")
 app.command()(monitor.feedback)
 app.command()(monitor.ui)
+app.command()(loop.server)
+app.command()(loop.worker)
+app.add_typer(loop.automations_app, name="automations")
+app.command()(loop.schedule)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from mlops.store.models import (
     Deployment,
     DeploymentEvent,
     DeploymentState,
+    DriftEvent,
     DriftReport,
     Label,
     ModelAlias,
@@ -42,6 +43,7 @@ from mlops.store.records import (
     DeploymentEventRecord,
     DeploymentRecord,
     DeploymentStateRecord,
+    DriftEventRecord,
     DriftRecord,
     LabelRecord,
     ModelRecord,
@@ -921,6 +923,91 @@ class Store:
         with self._tx() as s:
             return [_to(DriftRecord, r) for r in s.scalars(q)][::-1]
 
+    def record_drift_event(
+        self,
+        name: str,
+        *,
+        drift_report_id: int | None,
+        cooldown_s: float,
+        max_retrains: int,
+        window_s: float,
+    ) -> DriftEventRecord:
+        """Record a drift alert and decide, in the same transaction, what it causes: a retrain,
+        unless one was decided within `cooldown_s` (debounce) or `max_retrains` were decided
+        within `window_s` (a cap on a drift storm). Concurrent callers queue on the name's
+        lock, so two alerts at once never both start a retrain."""
+        from datetime import timedelta
+
+        with self._tx() as s:
+            self._lock_name(s, f"drift:{name}")
+            now = utcnow()
+            retrains = list(
+                s.scalars(
+                    select(DriftEvent)
+                    .where(DriftEvent.model_name == name, DriftEvent.decision == "retrain")
+                    .order_by(DriftEvent.id.desc())
+                    .limit(max_retrains + 1)  # the cap needs no more; the cooldown the newest
+                )
+            )[::-1]
+            recent = [
+                e for e in retrains if _aware(e.created_at) >= now - timedelta(seconds=cooldown_s)
+            ]
+            in_window = [
+                e for e in retrains if _aware(e.created_at) >= now - timedelta(seconds=window_s)
+            ]
+            if recent:
+                decision = "suppressed"
+                reason = (
+                    f"cooldown: drift event {recent[-1].id} started a retrain "
+                    f"{(now - _aware(recent[-1].created_at)).total_seconds():.0f} s ago "
+                    f"(loop.cooldown_s={cooldown_s:g})"
+                )
+            elif len(in_window) >= max_retrains:
+                decision = "suppressed"
+                reason = (
+                    f"cap: {len(in_window)} retrains within {window_s:g} s "
+                    f"(loop.max_retrains={max_retrains})"
+                )
+            else:
+                decision, reason = "retrain", "no retrain in the cooldown, under the cap"
+            row = DriftEvent(
+                model_name=name,
+                drift_report_id=drift_report_id,
+                decision=decision,
+                reason=reason,
+                created_at=now,
+            )
+            s.add(row)
+            s.flush()
+            return _to(DriftEventRecord, row)
+
+    def claim_drift_event(self, name: str, flow_run_id: str) -> DriftEventRecord | None:
+        """The oldest retrain decision of `name` no run has claimed, now claimed by
+        `flow_run_id` (None: the run was not started by a drift event)."""
+        with self._tx() as s:
+            row = s.scalars(
+                select(DriftEvent)
+                .where(
+                    DriftEvent.model_name == name,
+                    DriftEvent.decision == "retrain",
+                    DriftEvent.flow_run_id.is_(None),
+                )
+                .order_by(DriftEvent.id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                return None
+            row.flow_run_id = flow_run_id
+            s.flush()
+            return _to(DriftEventRecord, row)
+
+    def list_drift_events(self, name: str | None = None) -> list[DriftEventRecord]:
+        q = select(DriftEvent).order_by(DriftEvent.id)
+        if name:
+            q = q.where(DriftEvent.model_name == name)
+        with self._tx() as s:
+            return [_to(DriftEventRecord, r) for r in s.scalars(q)]
+
     # -- serving: packages, server reports, reviews, labels -----------------------------------
 
     def record_serving_event(
@@ -1070,3 +1157,10 @@ class Store:
             q = q.where(Label.model_name == name)
         with self._tx() as s:
             return [_to(LabelRecord, r) for r in s.scalars(q)]
+
+
+def _aware(when: datetime) -> datetime:
+    """SQLite returns naive times (stored as UTC); PostgreSQL aware ones."""
+    from datetime import UTC
+
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

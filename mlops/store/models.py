@@ -197,6 +197,23 @@ class DriftReport(Base):
     json_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class DriftEvent(Base):
+    """A drift alert and what it caused: `retrain` (the loop started one; `flow_run_id` once
+    the run claims it) or `suppressed` (a retrain in its cooldown, or the cap reached)."""
+
+    __tablename__ = "drift_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    drift_report_id: Mapped[int | None] = mapped_column(
+        ForeignKey("drift_reports.id"), nullable=True
+    )
+    decision: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ModelAlias(Base):
     """A named pointer per model name (production, staging, canary, shadow): at most one
     version each, enforced by the unique constraint."""

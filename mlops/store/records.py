@@ -135,6 +135,17 @@ class DriftRecord(_Record):
     json_path: str | None
 
 
+@dataclass(frozen=True)
+class DriftEventRecord(_Record):
+    id: int
+    model_name: str
+    drift_report_id: int | None
+    decision: str
+    reason: str
+    flow_run_id: str | None
+    created_at: datetime
+
+
 R = TypeVar("R", bound=_Record)
 
 

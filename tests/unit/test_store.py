@@ -464,3 +464,57 @@ def test_packages_reviews_labels_and_server_reports(db_url: str) -> None:
     store.add_label("ai4i", "r1", 3, "0", source="feedback", actor="ops")
     assert [(x.value, x.source) for x in store.list_labels("ai4i")] == [("0", "feedback")]
     store.close()
+
+
+def test_drift_events_debounce_and_cap(db_url: str) -> None:
+    """Five alerts in a row: the first starts a retrain, the cooldown suppresses the rest, each
+    with its reason; without a cooldown the cap stops a storm; a run claims its event once."""
+    store = Store.open(db_url)
+    store.upsert_dataset("ai4i", "classification", {})
+    decided = [
+        store.record_drift_event(
+            "ai4i", drift_report_id=None, cooldown_s=3600, max_retrains=3, window_s=86400
+        )
+        for _ in range(5)
+    ]
+    assert [e.decision for e in decided] == ["retrain"] + ["suppressed"] * 4
+    assert all(f"drift event {decided[0].id} started a retrain" in e.reason for e in decided[1:])
+    claimed = store.claim_drift_event("ai4i", "run-1")
+    assert claimed is not None and claimed.id == decided[0].id and claimed.flow_run_id == "run-1"
+    assert store.claim_drift_event("ai4i", "run-2") is None  # nothing else to claim
+
+    store.upsert_dataset("other", "classification", {})
+    storm = [
+        store.record_drift_event(
+            "other", drift_report_id=None, cooldown_s=0, max_retrains=2, window_s=86400
+        ).decision
+        for _ in range(4)
+    ]
+    assert storm == ["retrain", "retrain", "suppressed", "suppressed"]
+    assert "cap: 2 retrains" in store.list_drift_events("other")[-1].reason
+    assert len(store.list_drift_events()) == 9
+    store.close()
+
+
+def _record_events(url: str, n: int) -> None:
+    store = Store.open(url)
+    for _ in range(n):
+        store.record_drift_event(
+            "ai4i", drift_report_id=None, cooldown_s=3600, max_retrains=3, window_s=86400
+        )
+    store.close()
+
+
+def test_two_processes_raising_drift_events_start_one_retrain(db_url: str) -> None:
+    store = Store.open(db_url)
+    store.upsert_dataset("ai4i", "classification", {})
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_record_events, args=(db_url, 10)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    decisions = [e.decision for e in store.list_drift_events("ai4i")]
+    assert len(decisions) == 20 and decisions.count("retrain") == 1
+    store.close()

@@ -1,0 +1,96 @@
+"""The retrain flow and the closed loop's Prefect objects: Prefect wiring only.
+
+    drift alert (monitor) -> the store decides: retrain or suppressed (cooldown, cap)
+      -> event mlops.drift.detected, resource labelled mlops.decision=retrain|suppressed
+      -> automation "mlops-retrain-on-drift" (matches decision=retrain; within = cooldown)
+      -> deployment mlops-retrain/retrain (concurrency 1, a new run is cancelled while one runs)
+      -> retrain: newest validated data -> train -> gate -> compress -> package
+
+`mlops worker` serves the deployments; `mlops automations install` registers the trigger;
+`mlops schedule retrain --cron ...` puts the deployment on a schedule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.lifecycle import compress_task, deploy_task, train_task
+from mlops.params import load_params
+from mlops.store import Store
+from mlops.workspace import open_workspace
+
+RETRAIN_DEPLOYMENT = "retrain"
+MONITOR_DEPLOYMENT = "monitor"
+AUTOMATION = "mlops-retrain-on-drift"
+
+
+@flow(name="mlops-retrain", log_prints=True)
+def retrain(workspace: str = ".", dataset: str | None = None) -> dict[str, Any]:
+    """Retrain `dataset` on its newest validated data, gate, compress and package the result.
+    A run started by a drift alert claims it in the store, so every alert traces to its run."""
+    from prefect.runtime import flow_run
+
+    from pipelines.datasets import resolve_dataset
+
+    ws = open_workspace(workspace)
+    params = load_params(ws.params_path)
+    log = get_run_logger()
+    with Store.open(ws.database_url) as store:
+        name = resolve_dataset(store, dataset or None)
+        claimed = store.claim_drift_event(name, str(flow_run.id or "local"))
+    if claimed is not None:
+        log.info("started by drift event %s (report %s)", claimed.id, claimed.drift_report_id)
+    root = str(ws.root)
+    steps: dict[str, Any] = {"trigger": {"drift_event": claimed.id if claimed else None}}
+    steps["train"] = train_task(root, [], name)
+    if steps["train"]["stage"] in ("staging", "production"):
+        steps["compress"] = compress_task(root, params, steps["train"]["model"])
+        child = steps["compress"]
+        usable = child.get("stage") in ("staging", "production")
+        staged = child["model"] if usable else steps["train"]["model"]
+        steps["package"] = deploy_task(root, params.serve, staged)
+    create_markdown_artifact(
+        key="retrain-summary",
+        markdown=_markdown(name, steps),
+        description=f"What the retrain of {name} did",
+    )
+    return steps
+
+
+def _markdown(name: str, steps: dict[str, Any]) -> str:
+    lines = [f"## Retrain of {name}", "", "| step | result |", "|---|---|"]
+    for step, value in steps.items():
+        lines.append(f"| {step} | {', '.join(f'{k}={v}' for k, v in value.items())} |")
+    return "\n".join(lines)
+
+
+def deployments(root: Path, cooldown_s: float, *, crons: dict[str, str] | None = None) -> list[Any]:
+    """The loop's deployments for the workspace at `root`: retrain (at most one run at a time;
+    a run asked for while one runs is cancelled) and monitor, each on its cron line when
+    `crons` (from params.yaml `loop:`) gives one."""
+    crons = crons or {}
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    from flows.monitor import monitor_flow
+
+    one = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    return [
+        retrain.to_deployment(
+            name=RETRAIN_DEPLOYMENT,
+            parameters={"workspace": str(root)},
+            concurrency_limit=one,
+            cron=crons.get(RETRAIN_DEPLOYMENT) or None,
+            description=f"Retrain on drift or on a schedule (cooldown {cooldown_s:g} s)",
+        ),
+        monitor_flow.to_deployment(
+            name=MONITOR_DEPLOYMENT,
+            parameters={"workspace": str(root)},
+            concurrency_limit=one,
+            cron=crons.get(MONITOR_DEPLOYMENT) or None,
+            description="Monitor served traffic (the window: monitor.window_rows)",
+        ),
+    ]
