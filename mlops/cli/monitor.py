@@ -127,6 +127,34 @@ def drift_show(
             console.print(f"  {item.get('channel')}: {'sent' if item.get('ok') else 'not sent'}")
 
 
+@drift_app.command("events")
+def drift_events(
+    ctx: typer.Context,
+    dataset: str = typer.Option(None, "--dataset", help="Only this model/data set."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Every drift alert and what it caused: a retrain (and the run that did it) or suppressed,
+    and why (the cooldown, the cap)."""
+    ws = workspace(ctx)
+    with open_store(ws) as store:
+        events = store.list_drift_events(dataset)
+    if as_json:
+        print_json([e.to_dict() for e in events])
+        return
+    if not events:
+        console.print("no drift alerts yet")
+        return
+    print_table(
+        f"{len(events)} drift alert(s)",
+        ["id", "time", "model", "report", "decision", "flow run", "why"],
+        [
+            [e.id, short_time(e.created_at), e.model_name, e.drift_report_id, e.decision,
+             e.flow_run_id or "", e.reason]
+            for e in events
+        ],
+    )  # fmt: skip
+
+
 def _drifted(r: DriftRecord) -> list[str]:
     return [c["column"] for c in r.details.get("columns", []) if c.get("drifted")]
 

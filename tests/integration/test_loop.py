@@ -211,6 +211,10 @@ def test_five_drift_alerts_start_exactly_one_retrain(loop_ws: Workspace, prefect
             models = store.list_models("ai4i")
         assert events[0].flow_run_id == done["id"]  # the run that the first alert caused
         assert all(e.flow_run_id is None for e in events[1:])
+        listed = _mlops(ws, prefect_api, "drift", "events")
+        assert (
+            listed.returncode == 0 and "cooldown" in listed.stdout and done["id"] in listed.stdout
+        )
         assert len(models) > 1  # the retrain trained on the new batch and registered a version
         artifacts = httpx.post(
             f"{prefect_api}/artifacts/filter",
