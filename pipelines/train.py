@@ -210,7 +210,9 @@ def train_model(
     progress: bool = True,
 ) -> TrainResult:
     """Train on `data.train`, early-stop on `data.val`; resume from `checkpoint_dir` if it holds
-    a checkpoint of this same run (same data, parameters and device)."""
+    a checkpoint of this same run (same data, parameters and device).
+
+    Always one process: `params.nproc` is for the stage, which starts `pipelines.ddp` ranks."""
     started = time.perf_counter()
     device = resolve_device(params.device)
     cuda = device.type == "cuda"
@@ -391,8 +393,34 @@ def run_train_stage(
     checkpoint_dir: Path | None,
     progress: bool = True,
 ) -> TrainResult:
-    """The DVC stage: train, then write the model directory, the curves and the run facts."""
+    """The DVC stage: train, then write the model directory, the curves and the run facts.
+
+    One process; `train.nproc` > 1 goes through `pipelines.ddp.launch` instead, whose rank 0
+    writes the same files with `write_train_outputs`.
+    """
     result = train_model(data, params, checkpoint_dir=checkpoint_dir, progress=progress)
+    write_train_outputs(
+        result,
+        data,
+        model_dir=model_dir,
+        curve_csv=curve_csv,
+        curve_png=curve_png,
+        info_path=info_path,
+    )
+    return result
+
+
+def write_train_outputs(
+    result: TrainResult,
+    data: PreparedData,
+    *,
+    model_dir: Path,
+    curve_csv: Path,
+    curve_png: Path,
+    info_path: Path,
+    extra_info: dict[str, Any] | None = None,
+) -> None:
+    """The train stage's files: model directory, loss curves (CSV and PNG), run facts."""
     save_model(
         model_dir,
         config=result.config,
@@ -419,6 +447,6 @@ def run_train_stage(
             "best_val_loss": result.best_val_loss,
             "epochs_run": len(result.history),
             "resumed_from_epoch": result.resumed_from_epoch,
+            **(extra_info or {}),
         },
     )
-    return result

@@ -35,6 +35,14 @@ def train(
         None, "--set", help="Override a parameter, written into params.yaml: section.key=value."
     ),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda (sets train.device)."),
+    # A string, checked with the other params: a bad value is one line, not a usage screen.
+    nproc: str = typer.Option(
+        None,
+        "--nproc",
+        metavar="N",
+        help="Train with N processes, torch DDP: gloo on CPU, NCCL with a GPU each "
+        "(sets train.nproc).",
+    ),
     dataset: str = typer.Option(
         None, "--dataset", help="Data set to train on (default: the workspace's data set)."
     ),
@@ -48,7 +56,7 @@ def train(
         record = train_and_register(
             ws,
             store,
-            list(overrides or []),
+            [*(overrides or []), *([f"train.nproc={nproc}"] if nproc is not None else [])],
             dataset=dataset,
             device=device,
             echo=None
@@ -106,12 +114,30 @@ def stage_prepare(ctx: typer.Context) -> None:
 
 @stage_app.command("train")
 def stage_train(ctx: typer.Context) -> None:
-    """Train the MLP (resuming from a checkpoint of this same run, if one exists)."""
+    """Train the MLP (resuming from a checkpoint of this same run, if one exists); with
+    train.nproc > 1, in that many DDP processes (no checkpoints)."""
     from pipelines.pipeline import checkpoint_dir
     from pipelines.prepare import load_prepared
     from pipelines.train import run_train_stage
 
     ws, params, art = _stage_inputs(ctx)
+    if params.train.nproc > 1:
+        from pipelines.ddp import launch
+
+        info = launch(
+            art.prepared,
+            params.train,
+            model_dir=art.model,
+            curve_csv=art.plots / "train_curve.csv",
+            curve_png=art.train_curve_png,
+            info_path=art.train_info,
+        )
+        console.print(
+            f"trained on {info['nproc']} x {info['device']} ({info['backend']}) in "
+            f"{info['duration_s']:.1f}s: best epoch {info['best_epoch']}, "
+            f"val loss {info['best_val_loss']:.4f}"
+        )
+        return
     result = run_train_stage(
         load_prepared(art.prepared),
         params.train,
