@@ -4,7 +4,8 @@
       -> event mlops.drift.detected, resource labelled mlops.decision=retrain|suppressed
       -> automation "mlops-retrain-on-drift" (matches decision=retrain; within = cooldown)
       -> deployment mlops-retrain/retrain (concurrency 1, a new run is cancelled while one runs)
-      -> retrain: newest validated data -> train -> gate -> compress -> package
+      -> retrain: newest validated data -> train -> gate -> compress -> package -> rollout
+         (progressive canary, automatic rollback; when servers answer traffic)
 
 `mlops worker` serves the deployments; `mlops automations install` registers the trigger;
 `mlops schedule retrain --cron ...` puts the deployment on a schedule.
@@ -53,12 +54,26 @@ def retrain(workspace: str = ".", dataset: str | None = None) -> dict[str, Any]:
         usable = child.get("stage") in ("staging", "production")
         staged = child["model"] if usable else steps["train"]["model"]
         steps["package"] = deploy_task(root, params.serve, staged)
+        if params.rollout.auto and "next" in steps["package"]:  # a staged version, not the first
+            steps["rollout"] = _rollout_if_serving(root, name, staged)
     create_markdown_artifact(
         key="retrain-summary",
         markdown=_markdown(name, steps),
         description=f"What the retrain of {name} did",
     )
     return steps
+
+
+def _rollout_if_serving(root: str, name: str, ref: str) -> dict[str, Any]:
+    """Roll `ref` out when servers answer traffic now (rows in the prediction log within the
+    last minute); otherwise leave it staged for `mlops rollout REF --progressive`."""
+    from flows.rollout import rollout_task
+    from pipelines.rollout import live_traffic
+
+    ws = open_workspace(root)
+    if not live_traffic(ws, name):
+        return {"skipped": f"no live traffic: `mlops rollout {ref} --progressive` when serving"}
+    return rollout_task(root, ref)
 
 
 def _markdown(name: str, steps: dict[str, Any]) -> str:

@@ -175,6 +175,27 @@ class LoopParams(_Section):
     monitor_cron: str = ""
 
 
+class RolloutParams(_Section):
+    """Progressive delivery: canary steps and what counts as worse than production."""
+
+    steps: list[float] = Field(default_factory=lambda: [0.1, 0.5])
+    min_requests: int = Field(200, ge=1)  # canary requests per step before judging it
+    step_timeout_s: float = Field(600.0, gt=0)  # fewer requests by then: rolled back
+    max_error_rate: float = Field(0.01, ge=0, le=1)  # the canary's failed attempts per request
+    max_p99_ratio: float = Field(1.5, ge=1)  # canary p99 <= ratio x production p99 + slack
+    p99_slack_ms: float = Field(5.0, ge=0)
+    max_disagreement: float = Field(0.2, ge=0, le=1)  # records answered otherwise than production
+    max_metric_drop: float = Field(0.05, ge=0)  # estimated primary metric below production's
+    auto: bool = True  # the retrain flow rolls a staged version out (when a server answers)
+
+    @field_validator("steps")
+    @classmethod
+    def _shares(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < s < 1 for s in v) or v != sorted(v):
+            raise ValueError("rollout steps are increasing shares between 0 and 1, e.g. [0.1, 0.5]")
+        return v
+
+
 class Params(_Section):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -185,6 +206,7 @@ class Params(_Section):
     serve: ServeParams = ServeParams()
     monitor: MonitorParams = MonitorParams()
     loop: LoopParams = LoopParams()
+    rollout: RolloutParams = RolloutParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -7,7 +7,8 @@ and `mlops predictions tail`. One row per served record:
     input.<column> ... (one column per input field, named as in the data set; the server logs
     numeric fields as floats, null where a nullable reading was null)
 
-`route` is production, canary or shadow; shadow rows are answers nobody received. A server
+`route` is production, canary or shadow (shadow rows are answers nobody received), or
+canary-error: a canary's failed attempt, answered by production (logged as production). A server
 takes one input schema for its model name (it refuses a version whose schema differs), so
 a model's files share their `input.*` columns. Files are
 `<home>/predictions/<model>/date=YYYY-MM-DD/hour=HH/<writer>-<n>.parquet`, each written to a
@@ -44,6 +45,10 @@ COLUMNS = (
     "latency_ms",
 )
 INPUT_PREFIX = "input."
+# Routes of answers somebody received; shadow answers reached nobody, and a canary's failed
+# attempt (answered by production instead) is logged as FAILED_CANARY, without inputs.
+SERVED_ROUTES = ("production", "canary")
+FAILED_CANARY = "canary-error"
 # Records kept for a retry after a failed write; past this the oldest are dropped (and counted).
 MAX_BUFFERED = 200_000
 

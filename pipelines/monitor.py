@@ -30,7 +30,7 @@ import pandas as pd
 from mlops.errors import MlopsError
 from mlops.io import atomic_write_bytes
 from mlops.params import MonitorParams, Params, PrepareParams
-from mlops.predictions import inputs_of, read_log
+from mlops.predictions import SERVED_ROUTES, inputs_of, read_log
 from mlops.settings import Workspace
 from mlops.store import DriftRecord, ModelRecord, Store
 from pipelines.artifact import Predictor, load_predictor
@@ -156,7 +156,7 @@ def load_window(
     rows = read_log(ws.predictions_dir, name, since=since, last=last * 2 if last else None)
     if rows.empty:
         return rows
-    served = rows[rows["route"] != "shadow"]
+    served = rows[rows["route"].isin(SERVED_ROUTES)]
     return (served.tail(last) if last else served).reset_index(drop=True)
 
 
@@ -233,7 +233,7 @@ def monitor(
     reference = load_reference(ws, store, record, predictor, mp)
     task = spec.task
     classes = list(pre.classes)
-    positive = _positive_index(record, classes) if task == "classification" else None
+    positive = positive_index(record, classes) if task == "classification" else None
 
     inputs = inputs_of(window)
     missing = [c for c in spec.features if c not in inputs.columns]
@@ -264,7 +264,7 @@ def monitor(
     labels = window_labels(store, name, window)
     quality = _quality(labels, window_scores, task, classes, positive, mp.min_labels)
     check = _multivariate(reference, current, numerical)
-    estimate = _estimate(predictor, reference, current, window_scores, positive, mp.seed)
+    estimate = estimate_quality(predictor, reference, current, window_scores, positive, mp.seed)
     if estimate is not None and check is not None:
         estimate = mark_unreliable(estimate, check)
     estimated = estimate.to_dict() if estimate is not None else {}
@@ -397,7 +397,7 @@ def _multivariate(
     return ReconstructionCheck.fit(reference.frame, numerical).check(current)
 
 
-def _estimate(
+def estimate_quality(
     predictor: Predictor,
     reference: Reference,
     current: pd.DataFrame,
@@ -445,7 +445,7 @@ def _segment_column(frame: pd.DataFrame, spec: DatasetSpec) -> str | None:
     return min(fit, key=lambda c: counts[c]) if fit else None
 
 
-def _positive_index(record: ModelRecord, classes: list[Any]) -> int | None:
+def positive_index(record: ModelRecord, classes: list[Any]) -> int | None:
     if len(classes) != 2:
         return None
     named = record.metrics.get("positive_class")

@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from mlops.errors import MlopsError
 from mlops.params import ServeParams, load_params
-from mlops.predictions import Answered, PredictionLog
+from mlops.predictions import FAILED_CANARY, Answered, PredictionLog
 from mlops.settings import Workspace, configure_environment, get_workspace
 from mlops.store import ModelRecord, Store
 from pipelines.artifact import InputError, model_folder, read_manifest
@@ -148,6 +148,11 @@ class _Metrics:
             ["model", "version", "route"],
         )
         self.swaps = Counter("mlops_swaps", "Model swaps by outcome", ["model", "outcome"])
+        self.errors = Counter(
+            "mlops_errors",
+            "Requests a version failed (a canary's are answered by production)",
+            ["model", "version", "route"],
+        )
         self.canary_share = Gauge(
             "mlops_canary_share", "Canary share in force", ["model"], multiprocess_mode="max"
         )
@@ -245,8 +250,20 @@ class MlopsService:
             return Response(orjson.dumps({"error": why}), media_type="application/json")
         columns = SETUP.schema.columns_of(cast(list[BaseModel], records))
         n = len(records)
-        x, readings = _encode(model, columns, n)
-        scores = await self.batcher.scores(model, x)
+        try:
+            x, readings = _encode(model, columns, n)
+            scores = await self.batcher.scores(model, x)
+        except Exception:
+            if route != "canary" or routes.production is None:
+                raise
+            # A canary that fails must not fail the client: production answers, and the
+            # failure is counted and logged (route "canary-error") for the rollout to weigh.
+            log.exception("canary %s failed; production answers request %s", model.ref, request_id)
+            self.metrics.errors.labels(SETUP.name, model.ref, route).inc()
+            self.plog.append(_failed_rows(request_id, model, n, time.perf_counter() - started))
+            model, route = routes.production, "production"
+            x, readings = _encode(model, columns, n)
+            scores = await self.batcher.scores(model, x)
         answer = Answer.of(model, scores)
         body = answer.json(request_id)
         elapsed = time.perf_counter() - started
@@ -526,6 +543,21 @@ def _log_rows(
         inputs=inputs,
         predictions=answer.labels,
         scores=answer.positive_scores(),
+        latency_ms=elapsed * 1000.0,
+    )
+
+
+def _failed_rows(request_id: str, model: Loaded, n: int, elapsed: float) -> Answered:
+    """A canary's failed attempt at a request, for the log: no inputs, no scores."""
+    return Answered(
+        request_id=request_id,
+        ts=datetime.now(UTC),
+        model=model.name,
+        version=model.version,
+        route=FAILED_CANARY,
+        inputs={},
+        predictions=[""] * n,
+        scores=np.full(n, np.nan),
         latency_ms=elapsed * 1000.0,
     )
 

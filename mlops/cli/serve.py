@@ -114,15 +114,29 @@ def rollout(
     canary: float = typer.Option(None, "--canary", help="Percent of traffic, 0 < N < 100."),
     shadow: bool = typer.Option(False, "--shadow", help="A copy of every request, unanswered."),
     clear: str = typer.Option(None, "--clear", help="Stop the canary or the shadow of NAME."),
+    progressive: bool = typer.Option(
+        False,
+        "--progressive",
+        help="Canary at each of rollout.steps, compare, promote or roll back.",
+    ),
     reason: str = typer.Option("", "--reason", help="Why: kept in the audit."),
 ) -> None:
     """Send a share of traffic to a staged version (--canary 10), or a copy of all of it
-    (--shadow); --clear canary|shadow stops either. A request id (or X-Client-ID) always lands
-    on the same side."""
+    (--shadow); --clear canary|shadow stops either; --progressive walks rollout.steps and
+    promotes the version or rolls it back by the numbers. A request id (or X-Client-ID) always
+    lands on the same side."""
     ws = workspace(ctx)
-    chosen = sum(x is not None and x is not False for x in (canary, shadow or None, clear))
+    chosen = sum(
+        x is not None and x is not False
+        for x in (canary, shadow or None, clear, progressive or None)
+    )
     if chosen != 1:
-        raise MlopsError("give exactly one of --canary PERCENT, --shadow or --clear canary|shadow")
+        raise MlopsError(
+            "give exactly one of --canary PERCENT, --shadow, --progressive or --clear canary|shadow"
+        )
+    if progressive:
+        _progressive(ws, ref)
+        return
     with open_store(ws) as store:
         if clear:
             name = ref.split(":")[0]
@@ -140,6 +154,20 @@ def rollout(
         else:
             state = store.set_shadow(ref, actor=actor(), reason=reason)
             console.print(f"[green]{ref}[/] shadows production (revision {state.revision})")
+
+
+def _progressive(ws: Workspace, ref: str) -> None:
+    from mlops.params import load_params
+    from pipelines.rollout import progressive_rollout
+
+    params = load_params(ws.params_path)
+    with open_store(ws) as store:
+        _package(store, ws, ref)
+        result = progressive_rollout(
+            ws, store, params, ref, say=lambda line: console.print(line, markup=False)
+        )
+    if result.outcome != "promoted":
+        raise MlopsError(f"{result.candidate} rolled back: {result.reason}")
 
 
 @review_app.command("list")

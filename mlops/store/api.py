@@ -770,15 +770,23 @@ class Store:
             )
             return _state(state)
 
-    def clear_deployment(self, name: str, what: str, *, actor: str = "") -> DeploymentStateRecord:
-        """Stop the canary or the shadow of model `name`."""
+    def clear_deployment(
+        self, name: str, what: str, *, actor: str = "", reason: str = ""
+    ) -> DeploymentStateRecord:
+        """Stop the canary or the shadow of model `name` (`reason` kept in the audit)."""
         if what not in ("canary", "shadow"):
             raise MlopsError(f"clear takes canary or shadow, not {what!r}")
         with self._tx() as s:
             self._lock_name(s, name)
             return _state(
                 self._deploy(
-                    s, name, "clear", None, clear=what, actor=actor, reason=f"{what} cleared"
+                    s,
+                    name,
+                    "clear",
+                    None,
+                    clear=what,
+                    actor=actor,
+                    reason=reason or f"{what} cleared",
                 )
             )
 
