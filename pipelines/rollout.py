@@ -178,10 +178,12 @@ def compare(
     canary_requests = canary["request_id"].nunique() + failed
     error_rate = failed / canary_requests if canary_requests else 0.0
     p99 = {k: _p99(v) for k, v in (("canary", canary), ("production", theirs))}
-    reviews = store.list_reviews(
-        candidate.name, status=None, limit=None, request_ids=list(canary["request_id"].unique())
+    asked = set(canary["request_id"].astype(str))
+    disagreements = sum(
+        1
+        for r in store.list_reviews(candidate.name, status=None)
+        if r.other_version_id == candidate.id and r.request_id in asked
     )
-    disagreements = sum(1 for r in reviews if r.other_version_id == candidate.id)
     disagreement_rate = disagreements / len(canary) if len(canary) else 0.0
     metric, canary_est, production_est, higher = _estimates(
         ws, store, params, candidate, production, window
