@@ -3,23 +3,32 @@
 ingest -> validate -> train + evaluate (DVC stages, the promotion gate) -> compress -> package
 -> deploy (the first production version only; later ones wait for a release manager) -> traffic
 and monitor (the demo: a drift scenario sent to the service, then a drift report)
+
+Fan-out is mapped tasks: the data set's batches still waiting for validation, and the
+`train.search` candidates. They run on the flow's task runner: Prefect's threads by default,
+Dask worker processes with `run_lifecycle(..., executor="dask")` (flows/executors.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
 
 from mlops.errors import ValidationFailed
-from mlops.params import Params, ServeParams, load_params
+from mlops.params import EvaluateParams, Params, ServeParams, TrainParams, load_params
 from mlops.settings import configure_environment
 from mlops.store import BatchRecord, Store
 from mlops.workspace import open_workspace
 from pipelines.ingest import SourceRequest
+
+if TYPE_CHECKING:
+    from pipelines.search import CandidateScore
 
 # Stages whose parameters `dvc repro` reads: overrides for them are written to params.yaml.
 PIPELINE_SECTIONS = ("prepare", "train", "evaluate")
@@ -31,6 +40,7 @@ class LifecycleResult:
     dvc_md5: str
     steps: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
+    task_runner: str = ""  # where mapped tasks ran: ThreadPoolTaskRunner, DaskTaskRunner
 
 
 @task(name="ingest")
@@ -96,21 +106,84 @@ def validate_task(root: str, params: Params, batch_id: str) -> dict[str, Any]:
     }
 
 
+@task(name="pending-batches")
+def pending_batches_task(root: str, dataset: str, exclude: str) -> list[str]:
+    """The data set's batches that were ingested but never validated (oldest first)."""
+    ws = open_workspace(root)
+    with Store.open(ws.database_url) as store:
+        pending = store.list_batches(dataset=dataset, status=["ingested"])
+    return [b.id for b in pending if b.id != exclude]
+
+
+def _validate_pending(root: str, params: Params, batch_ids: list[str]) -> dict[str, Any]:
+    """Validate batches as a mapped task (on Dask with `--executor dask`, side by side); every
+    one is validated and recorded before a blocked one fails the flow."""
+    from prefect import unmapped
+    from prefect.futures import wait
+
+    futures = validate_task.map(unmapped(root), unmapped(params), batch_ids)
+    wait(futures)
+    results = [f.result() for f in futures]  # raises the first ValidationFailed
+    return {
+        "batches": ", ".join(batch_ids),
+        "outcomes": ", ".join(r["outcome"] for r in results),
+    }
+
+
+@task(name="train-candidate")
+def candidate_task(
+    prepared_dir: str, params: TrainParams, evaluate: EvaluateParams
+) -> CandidateScore:
+    """Train one `train.search` candidate; its score on the validation split."""
+    from pipelines.search import score_candidate
+
+    return score_candidate(Path(prepared_dir), params, evaluate)
+
+
+def _score_on_task_runner(
+    prepared_dir: Path, candidates: Sequence[TrainParams], evaluate: EvaluateParams
+) -> list[CandidateScore]:
+    """`train_and_register`'s scorer in a flow: one mapped task per candidate, run where the
+    flow's task runner runs them (Dask worker processes side by side; threads take turns)."""
+    from prefect import unmapped
+
+    futures = candidate_task.map(unmapped(str(prepared_dir)), list(candidates), unmapped(evaluate))
+    return [f.result() for f in futures]
+
+
 @task(name="train-evaluate-gate")
 def train_task(root: str, overrides: list[str], dataset: str) -> dict[str, Any]:
     from pipelines.registry import train_and_register
 
     ws = open_workspace(root)
     with Store.open(ws.database_url) as store:
-        record = train_and_register(ws, store, overrides, dataset=dataset)
+        record = train_and_register(
+            ws, store, overrides, dataset=dataset, score_many=_score_on_task_runner
+        )
     decision = record.decision
     get_run_logger().info("model %s -> %s: %s", record.ref, record.stage, decision.get("reason"))
-    return {
+    out = {
         "model": record.ref,
         "stage": record.stage,
         "metrics": _primary(record.metrics),
         "reason": decision.get("reason", ""),
     }
+    search = record.lineage.get("search")
+    if search:
+        table = search["table"]
+        create_table_artifact(
+            key="train-search",
+            table=[{k: str(v) for k, v in row.items()} for row in table],
+            description=f"train.search: every candidate's val {search['metric']}",
+        )
+        metric, won = search["metric"], table[search["winner"]]
+        value = won["val_" + metric]
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        out["search"] = (
+            f"{len(table)} candidates, chose {search['winner']} ({won['overrides']}): "
+            f"val {metric} {shown}"
+        )
+    return out
 
 
 @task(name="compress")
@@ -246,7 +319,11 @@ def lifecycle(
         root, params, plan_request(params.ingest, overrides, request), dataset
     )
     batch_id = steps["ingest"]["batch_id"]
+    # This batch first: a new data set's first validation infers its suite, once.
     steps["validate"] = validate_task(root, params, batch_id)
+    pending = pending_batches_task(root, steps["ingest"]["dataset"], batch_id)
+    if pending:
+        steps["validate-pending"] = _validate_pending(root, params, pending)
     pipeline_overrides = [o for o in overrides if o.split(".", 1)[0] in PIPELINE_SECTIONS]
     steps["train"] = train_task(root, pipeline_overrides, steps["ingest"]["dataset"])
     if steps["train"]["stage"] in ("staging", "production"):
@@ -266,7 +343,14 @@ def lifecycle(
         description="What the last lifecycle run did",
     )
     create_markdown_artifact(key="lifecycle-summary", markdown=_summary_markdown(steps))
-    return LifecycleResult(batch_id, steps["ingest"]["dvc_md5"], steps, steps["ingest"]["dataset"])
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    return LifecycleResult(
+        batch_id,
+        steps["ingest"]["dvc_md5"],
+        steps,
+        steps["ingest"]["dataset"],
+        task_runner=type(runner).__name__,
+    )
 
 
 def _summary_markdown(steps: dict[str, Any]) -> str:
@@ -282,8 +366,19 @@ def run_lifecycle(
     *,
     request: SourceRequest | None = None,
     dataset: str | None = None,
+    executor: str | None = None,
 ) -> LifecycleResult:
-    """Run the flow (an ephemeral Prefect server starts when PREFECT_API_URL is unset)."""
-    return lifecycle(
-        workspace=str(ws_root), overrides=overrides or [], request=request, dataset=dataset
-    )
+    """Run the flow (an ephemeral Prefect server starts when PREFECT_API_URL is unset).
+
+    `executor` says where mapped tasks (pending batches' validations, search candidates) run:
+    None or "default" (Prefect's threads), "dask" or "dask=tcp://HOST:PORT" (flows/executors.py).
+    """
+    from flows.executors import Executor, api_for_workers
+
+    chosen = Executor.parse(executor)
+    runner = chosen.task_runner()
+    run = lifecycle if runner is None else lifecycle.with_options(task_runner=runner)
+    with api_for_workers(chosen):
+        return run(
+            workspace=str(ws_root), overrides=overrides or [], request=request, dataset=dataset
+        )

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from mlops.errors import MlopsError
 
@@ -43,6 +50,7 @@ class PrepareParams(_Section):
 
 
 class TrainParams(_Section):
+    # Hidden layer widths; [] is a linear model (logistic or linear regression).
     hidden: list[int] = Field(default_factory=lambda: [64, 64])
     dropout: float = Field(0.1, ge=0, lt=1)
     lr: float = Field(0.003, gt=0, le=1)
@@ -61,13 +69,41 @@ class TrainParams(_Section):
     # Processes for torch DDP (`mlops stage train` starts them with torch.distributed.run;
     # gloo on CPU, NCCL with one GPU each); each trains on its share of every batch.
     nproc: int = Field(1, ge=1)
+    # Candidate configurations, each a mapping of train.* overrides, e.g. [{hidden: []},
+    # {hidden: [64, 64]}]: `mlops train` trains every one, keeps the best on the validation
+    # split and writes its values here. [] trains these parameters as they are.
+    search: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("hidden")
     @classmethod
     def _positive_widths(cls, v: list[int]) -> list[int]:
-        if not v or any(w <= 0 for w in v):
-            raise ValueError("hidden must list at least one positive layer width")
+        if any(w <= 0 for w in v):
+            raise ValueError("hidden layer widths must be positive ([] for a linear model)")
         return v
+
+    @field_validator("search")
+    @classmethod
+    def _candidates(cls, v: list[dict[str, Any]], info: ValidationInfo) -> list[dict[str, Any]]:
+        """Each candidate must be a valid train section once applied: checked now, not after
+        the first candidates have trained."""
+        for i, candidate in enumerate(v):
+            if not candidate:
+                raise ValueError(f"candidate {i} is empty: give train.* keys, e.g. {{hidden: []}}")
+            if "search" in candidate:
+                raise ValueError(f"candidate {i}: a candidate cannot hold a search")
+            try:
+                TrainParams.model_validate({**info.data, **candidate})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"candidate {i}: {loc}: {err['msg']}") from None
+        return v
+
+    def candidate(self, overrides: dict[str, Any]) -> TrainParams:
+        """These parameters with one search candidate's overrides, and no search."""
+        return TrainParams.model_validate(
+            {**self.model_dump(exclude={"search"}), **overrides, "search": []}
+        )
 
 
 class EvaluateParams(_Section):

@@ -7,6 +7,9 @@ Variants of a torch fp32 parent (methods in `pipelines/compress_methods.py`):
     pruned[-onnx-fp32|-int8]    structured pruning of whole hidden units, fine-tuned
     student[-onnx-fp32|-int8]   a smaller MLP distilled from the parent
 
+A linear parent (no hidden layer) gets no pruned variants (no hidden units to remove), and no
+parent gets a student that is not smaller than itself (`skipped_methods`): the report names them.
+
 Every variant, and the parent as the reference, is measured on the same inputs with one CPU
 thread per runtime: file size, parameter count, latency at batch 1 and 64, throughput, the
 metrics on the parent's test split, the primary metric's drop and prediction agreement.
@@ -114,11 +117,28 @@ def _onnx_forms(
     ]  # fmt: skip
 
 
+def skipped_methods(config: ModelConfig, params: CompressParams) -> dict[str, str]:
+    """Methods that make no sense for this parent, and why: a linear model (no hidden layer)
+    has no hidden units to prune, and a student no smaller than its teacher saves nothing."""
+    skipped = {}
+    if not config.hidden:
+        skipped["pruned"] = "no hidden layer: nothing to prune"
+    student = replace(config, hidden=tuple(params.student_hidden))
+    if cm.count_params(student) >= cm.count_params(config):
+        skipped["student"] = (
+            f"a {list(params.student_hidden)} student has {cm.count_params(student)} "
+            f"parameters, the parent {cm.count_params(config)}: nothing to distill into"
+        )
+    return skipped
+
+
 def build_variants(
     teacher: MLP, data: cm.DistillData, params: CompressParams, progress: Progress
 ) -> list[_Built]:
-    """Every variant of `teacher`: quantized, pruned, distilled, and their ONNX forms."""
+    """Every variant of `teacher`: quantized, pruned, distilled, and their ONNX forms (less
+    the methods `skipped_methods` rules out for it)."""
     config = teacher.config
+    skipped = skipped_methods(config, params)
 
     def tune(model: MLP, epochs: int, lr: float) -> MLP:
         return cm.distill(
@@ -132,17 +152,21 @@ def build_variants(
                       "int8"}, config, model=cm.quantize_dynamic_int8(copy.deepcopy(teacher)),
                       extra={"quantization": "dynamic_int8"}))  # fmt: skip
 
-    progress(f"pruning {params.prune_amount:.0%} of the hidden units, fine-tuning")
-    pruned = cm.prune_structured(teacher, params.prune_amount, params.prune_norm)
-    if params.finetune_epochs > 0:
-        pruned = tune(pruned, params.finetune_epochs, params.finetune_lr)
-    method = {
-        "method": "prune", "prune_amount": params.prune_amount, "prune_norm": params.prune_norm,
-        "finetune_epochs": params.finetune_epochs, "hidden": list(pruned.config.hidden),
-    }  # fmt: skip
-    out.append(_Built("pruned", method, pruned.config, model=pruned))
-    out += _onnx_forms("pruned-", pruned, pruned.config, {**method, "method": "prune+"})
+    if "pruned" not in skipped:
+        progress(f"pruning {params.prune_amount:.0%} of the hidden units, fine-tuning")
+        pruned = cm.prune_structured(teacher, params.prune_amount, params.prune_norm)
+        if params.finetune_epochs > 0:
+            pruned = tune(pruned, params.finetune_epochs, params.finetune_lr)
+        method = {
+            "method": "prune", "prune_amount": params.prune_amount,
+            "prune_norm": params.prune_norm, "finetune_epochs": params.finetune_epochs,
+            "hidden": list(pruned.config.hidden),
+        }  # fmt: skip
+        out.append(_Built("pruned", method, pruned.config, model=pruned))
+        out += _onnx_forms("pruned-", pruned, pruned.config, {**method, "method": "prune+"})
 
+    if "student" in skipped:
+        return out
     progress(f"distilling a {params.student_hidden} student")
     student_config = replace(config, hidden=tuple(params.student_hidden), dropout=0.0)
     student = tune(MLP(student_config), params.distill_epochs, params.distill_lr)
@@ -360,6 +384,7 @@ def compress_model(
         variants=results, chosen=chosen, out_dir=out_dir,
         csv_path=out_dir / "compression.csv", plot_path=out_dir / "compression.png",
         positive_class=parent.spec.positive_class,
+        skipped=skipped_methods(teacher.config, params),
     )  # fmt: skip
     atomic_write_text(report.csv_path, report.frame().to_csv(index=False))
     atomic_write_json(out_dir / "compression.json", report.to_dict())

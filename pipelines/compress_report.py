@@ -70,6 +70,8 @@ class CompressionReport:
     plot_path: Path
     rule: str = RULE
     positive_class: Any = None  # binary classification: the label the metric is about
+    # Methods not tried on this parent, and why (a linear model has nothing to prune).
+    skipped: dict[str, str] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @property
@@ -113,7 +115,7 @@ def report_table(report: CompressionReport, *, width: int = 200) -> Table:
     m = report.primary_metric
     cells = {
         "variant": lambda v: v.name,
-        "hidden": lambda v: "-".join(map(str, v.hidden)),
+        "hidden": lambda v: "-".join(map(str, v.hidden)) or "linear",
         "params": lambda v: f"{v.params:,}",
         "size": lambda v: human_bytes(v.size_bytes),
         "µs@1": lambda v: f"{v.latency_b1_us:.0f}",
@@ -145,6 +147,7 @@ def report_table(report: CompressionReport, *, width: int = 200) -> Table:
     for v in report.variants:
         table.add_row(*(cell(v) for cell in cells.values()))
     why = [f"{v.name}: {v.reason}" for v in report.variants if v.status in ("rejected", "chosen")]
+    why += [f"{name} (not built): {reason}" for name, reason in report.skipped.items()]
     table.caption = "\n".join(why)
     table.caption_justify = "left"
     return table

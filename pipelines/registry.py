@@ -34,6 +34,7 @@ from pipelines.pipeline import (
     run_repro,
     write_overrides,
 )
+from pipelines.search import ScoreMany, SearchResult, run_search, winner_overrides
 from pipelines.selection import check_batches_finite, select_batches, write_selection
 from pipelines.sources import DatasetSpec
 from pipelines.train import resolve_device
@@ -121,7 +122,12 @@ def register_candidate(
             lineage=lineage,
             batch_ids=[b.id for b in batches],
             run_id=run_id,
-            method={"kind": "train", "model": "mlp", "hidden": list(params.train.hidden)},
+            method={
+                "kind": "train",
+                # The same network class either way; without hidden layers it is linear.
+                "model": "mlp" if params.train.hidden else "linear",
+                "hidden": list(params.train.hidden),
+            },
         )
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
@@ -143,8 +149,9 @@ def train_and_register(
     dataset: str | None = None,
     device: str | None = None,
     echo: Echo | None = None,
+    score_many: ScoreMany | None = None,
 ) -> ModelRecord:
-    """Select batches, write params and selection, `dvc repro`, register, gate.
+    """Select batches, write params and selection, search, `dvc repro`, register, gate.
 
     Trains on `dataset`, else the one `--set prepare.dataset=` names, else the workspace's
     data set (`resolve_dataset`); the choice is written to params.yaml (prepare.dataset) so
@@ -152,6 +159,11 @@ def train_and_register(
     inputs or a failing stage raise MlopsError with nothing registered or rewritten. With
     nothing changed since the last run, DVC runs nothing and the version already registered
     for this exact dvc.lock is returned.
+
+    With `train.search` candidates, each is trained and scored on the validation split first
+    (`pipelines/search.py`; by `score_many`, one after another by default); the winner's values
+    are written to params.yaml, so `dvc repro` trains it and dvc.lock records it, and every
+    candidate's score goes into the version's lineage as `search`.
     """
     say = echo or (lambda _msg: None)
     # Parsed once: the same values are validated now and written to params.yaml later.
@@ -178,6 +190,14 @@ def train_and_register(
         )
         started = time.perf_counter()
         try:
+            found: SearchResult | None = None
+            if params.train.search:
+                found = run_search(
+                    ws, Artifacts(ws.root).selection, params, score_many=score_many, echo=say
+                )
+                say(f"search: chose candidate {found.winner} ({_brief(found)})")
+                write_overrides(ws, winner_overrides(found))
+                params = load_params(ws.params_path)  # the file now holds the winner
             run_repro(ws, echo)
             lock = dvc_lock_info(ws)
             same = [
@@ -191,7 +211,7 @@ def train_and_register(
                 store.finish_run(
                     run.id,
                     status="unchanged",
-                    metrics=_run_metrics(same[-1]),
+                    metrics=_run_metrics(same[-1], found),
                     duration_s=time.perf_counter() - started,
                     dvc_lock_hash=lock["dvc_lock_hash"],
                 )
@@ -203,12 +223,13 @@ def train_and_register(
                 params=params,
                 batches=batches,
                 run_id=run.id,
+                extra_lineage={"search": found.to_dict()} if found else None,
             )
             record = gate(ws, store, record, params.evaluate)
             store.finish_run(
                 run.id,
                 status="succeeded",
-                metrics=_run_metrics(record),
+                metrics=_run_metrics(record, found),
                 device=record.lineage.get("device"),
                 duration_s=time.perf_counter() - started,
                 dvc_lock_hash=lock["dvc_lock_hash"],
@@ -224,14 +245,21 @@ def train_and_register(
             raise
 
 
+def _brief(found: SearchResult) -> str:
+    score = found.scores[found.winner].value
+    shown = f"{score:.4f}" if score is not None else "undefined"
+    return f"val {found.metric} {shown} of {len(found.candidates)} candidates"
+
+
 def _identity(outs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Data, weights and metrics of a pipeline run (train_info's duration is not identity)."""
     keep = ("artifacts/prepared", "artifacts/model", "artifacts/metrics.json")
     return {path: md5 for stage in outs.values() for path, md5 in stage.items() if path in keep}
 
 
-def _run_metrics(record: ModelRecord) -> dict[str, Any]:
+def _run_metrics(record: ModelRecord, found: SearchResult | None = None) -> dict[str, Any]:
     return {
         "model": record.ref,
         **{k: record.metrics.get(k) for k in NUMBERS if k in record.metrics},
+        **({"search": found.table()} if found else {}),
     }

@@ -106,7 +106,9 @@ def run_fingerprint(
     params: TrainParams, config: ModelConfig, device: torch.device, tensors: list[torch.Tensor]
 ) -> str:
     """What a checkpoint must match to be resumed: parameters, architecture, device and data."""
-    h = hashlib.sha256(json.dumps([params.model_dump(), config.to_dict(), device.type]).encode())
+    # Not the search list: it says how the parameters were chosen, not what this run trains.
+    chosen = params.model_dump(exclude={"search"})
+    h = hashlib.sha256(json.dumps([chosen, config.to_dict(), device.type]).encode())
     for t in tensors:
         h.update(t.numpy().tobytes())
     return h.hexdigest()

@@ -40,6 +40,14 @@ def run(
     overrides: list[str] = typer.Option(
         None, "--set", help="Override a parameter for this run: section.key=value."
     ),
+    executor: str = typer.Option(
+        None,
+        "--executor",
+        metavar="dask[=ADDRESS]",
+        help="Where fan-out tasks run (batches waiting for validation, train.search candidates): "
+        "default = Prefect's threads; dask = a local Dask cluster, a process per core; "
+        "dask=tcp://HOST:8786 = a running Dask scheduler.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Run the lifecycle flow (ingest -> validate -> train -> evaluate -> compress) with Prefect.
@@ -47,6 +55,7 @@ def run(
     Every option is checked, and a source file read, before the Prefect server starts: a bad
     option is a one-line error, not a flow run that fails. (The flow reads the file again.)
     """
+    from flows.executors import Executor
     from mlops.cli.data import print_loaded, source_request
     from mlops.params import load_params
     from pipelines.datasets import has_data, resolve_dataset
@@ -55,6 +64,7 @@ def run(
     ws = workspace(ctx)  # configures PREFECT_HOME etc. before Prefect is imported
     overrides = list(overrides or [])
     params = load_params(ws.params_path, overrides)
+    Executor.parse(executor)  # a bad value is one line, before anything starts
     file_options = {
         "--target": target,
         "--task": task,
@@ -88,14 +98,14 @@ def run(
 
     from flows.lifecycle import run_lifecycle
 
-    result = run_lifecycle(ws.root, overrides, request=request, dataset=dataset)
+    result = run_lifecycle(ws.root, overrides, request=request, dataset=dataset, executor=executor)
     if as_json:
         print_json(result.steps)
         return
     console.rule("lifecycle finished")
     console.print(
         f"data set [bold]{result.dataset}[/]  batch [bold]{result.batch_id}[/]  "
-        f"dvc md5 [bold]{result.dvc_md5}[/]"
+        f"dvc md5 [bold]{result.dvc_md5}[/]  task runner {result.task_runner}"
     )
     print_table(
         "steps",

@@ -66,6 +66,7 @@ def train(
     if as_json:
         print_json(record.to_dict())
         return
+    print_search(record.lineage.get("search"))
     m = record.metrics
     name = m.get("primary_metric", "")
     console.print(
@@ -76,6 +77,24 @@ def train(
     )
     if record.decision.get("reason"):
         console.print(f"  gate: {record.decision['reason']}", highlight=False)
+
+
+def print_search(search: dict[str, Any] | None) -> None:
+    """The candidates `train.search` tried, their validation scores and the one chosen."""
+    if not search:
+        return
+    metric = search["metric"]
+    rows = [
+        [r["candidate"], r["overrides"], _fmt(r[f"val_{metric}"]), _fmt(r["val_loss"]),
+         r["best_epoch"], r["seconds"], "chosen" if r["chosen"] else ""]
+        for r in search["table"]
+    ]  # fmt: skip
+    cached = " (scored earlier on the same data)" if search.get("cached") else ""
+    print_table(
+        f"search: {len(rows)} candidates on the val split{cached}",
+        ["#", "overrides", f"val {metric}", "val loss", "best epoch", "seconds", ""],
+        rows,
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -315,6 +334,7 @@ def models_show(ctx: typer.Context, ref: str, as_json: bool = JsonOption) -> Non
     p(f"  test split md5: {lin.get('test_split_md5')}")
     for section, values in (lin.get("params") or {}).items():
         p(f"  params.{section}: {values}", highlight=False)
+    print_search(lin.get("search"))
     extra = {k: v for k, v in lin.items() if k not in _SHOWN}
     for key, value in extra.items():
         p(f"  {key}: {value}", highlight=False)
@@ -328,6 +348,7 @@ def models_show(ctx: typer.Context, ref: str, as_json: bool = JsonOption) -> Non
 
 
 _SHOWN = {
+    "search",
     "compression",
     "batches",
     "git",

@@ -31,6 +31,9 @@ def test_template_equals_defaults_and_repo_root(tmp_path: Path) -> None:
 def test_overrides_are_typed(tmp_path: Path) -> None:
     p = load_params(_params_file(tmp_path), ["train.lr=0.01", "train.hidden=[8, 4]"])
     assert p.train.lr == 0.01 and p.train.hidden == [8, 4]
+    # no hidden layer: a linear model; a search candidate is the section with its overrides
+    p = load_params(_params_file(tmp_path), ["train.hidden=[]", "train.search=[{lr: 0.1}]"])
+    assert p.train.hidden == [] and p.train.candidate(p.train.search[0]).lr == 0.1
     assert parse_overrides(["validate.policy=warn"]) == {"validate": {"policy": "warn"}}
 
 
@@ -39,7 +42,9 @@ def test_overrides_are_typed(tmp_path: Path) -> None:
     [
         (["train.lr=-1"], "train.lr"),
         (["train.epochs=0"], "train.epochs"),
-        (["train.hidden=[]"], "train.hidden"),
+        (["train.hidden=[16, 0]"], "train.hidden"),
+        (["train.search=[{hidden: []}, {lr: -1}]"], "candidate 1: lr"),
+        (["train.search=[{depth: 3}]"], "candidate 0: depth"),
         (["validate.policy=delete"], "validate.policy"),
         (["train.nope=1"], "train.nope"),
         (["lr=0.1"], "expected section.key=value"),
