@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
+from flows import caching
 from mlops.errors import ValidationFailed
 from mlops.params import EvaluateParams, Params, ServeParams, TrainParams, load_params
 from mlops.settings import configure_environment
@@ -43,7 +44,7 @@ class LifecycleResult:
     task_runner: str = ""  # where mapped tasks ran: ThreadPoolTaskRunner, DaskTaskRunner
 
 
-@task(name="ingest")
+@task(name="ingest", cache_key_fn=caching.ingest_key, persist_result=True)
 def ingest_task(
     root: str, params: Params, request: SourceRequest | None, dataset: str | None
 ) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def _batch_step(b: BatchRecord, *, new: bool, source: str) -> dict[str, Any]:
     }
 
 
-@task(name="validate")
+@task(name="validate", cache_key_fn=caching.validate_key, persist_result=True)
 def validate_task(root: str, params: Params, batch_id: str) -> dict[str, Any]:
     from pipelines.validate import validate_batch
 
@@ -151,7 +152,7 @@ def _score_on_task_runner(
     return [f.result() for f in futures]
 
 
-@task(name="train-evaluate-gate")
+@task(name="train-evaluate-gate", cache_key_fn=caching.train_key, persist_result=True)
 def train_task(root: str, overrides: list[str], dataset: str) -> dict[str, Any]:
     from pipelines.registry import train_and_register
 
@@ -284,6 +285,11 @@ def traffic_monitor_task(root: str, params: Params, name: str) -> dict[str, Any]
     }
 
 
+def _stage_now(ws: Any, ref: str) -> str:
+    with Store.open(ws.database_url) as store:
+        return store.get_model(ref).stage
+
+
 def _primary(metrics: dict[str, Any]) -> str:
     name = metrics.get("primary_metric")
     value = metrics.get(name) if isinstance(name, str) else None
@@ -326,6 +332,8 @@ def lifecycle(
         steps["validate-pending"] = _validate_pending(root, params, pending)
     pipeline_overrides = [o for o in overrides if o.split(".", 1)[0] in PIPELINE_SECTIONS]
     steps["train"] = train_task(root, pipeline_overrides, steps["ingest"]["dataset"])
+    # A cached train step (a re-run after a failure) reports the stage it had then.
+    steps["train"]["stage"] = _stage_now(ws, steps["train"]["model"])
     if steps["train"]["stage"] in ("staging", "production"):
         steps["compress"] = compress_task(root, params, steps["train"]["model"])
         child = steps["compress"]
