@@ -30,9 +30,12 @@ AUTOMATION = "mlops-retrain-on-drift"
 
 
 @flow(name="mlops-retrain", log_prints=True)
-def retrain(workspace: str = ".", dataset: str | None = None) -> dict[str, Any]:
-    """Retrain `dataset` on its newest validated data, gate, compress and package the result.
-    A run started by a drift alert claims it in the store, so every alert traces to its run."""
+def retrain(
+    workspace: str = ".", dataset: str | None = None, drift_event: int | str | None = None
+) -> dict[str, Any]:
+    """Retrain `dataset` on its newest validated data, gate, compress, package and roll out the
+    result. A run started by a drift alert (`drift_event`, its id) claims it in the store, so
+    every alert traces to its run. With no data since the last training, nothing is retrained."""
     from prefect.runtime import flow_run
 
     from pipelines.datasets import resolve_dataset
@@ -42,13 +45,23 @@ def retrain(workspace: str = ".", dataset: str | None = None) -> dict[str, Any]:
     log = get_run_logger()
     with Store.open(ws.database_url) as store:
         name = resolve_dataset(store, dataset or None)
-        claimed = store.claim_drift_event(name, str(flow_run.id or "local"))
+        # The automation renders the event's id into the parameters (Prefect makes "7" an int).
+        text = str(drift_event).strip() if drift_event is not None else ""
+        event_id = int(text) if text.isdigit() else None
+        claimed = store.claim_drift_event(name, str(flow_run.id or "local"), event_id=event_id)
+        known = {m.id for m in store.list_models(name)}
     if claimed is not None:
         log.info("started by drift event %s (report %s)", claimed.id, claimed.drift_report_id)
     root = str(ws.root)
     steps: dict[str, Any] = {"trigger": {"drift_event": claimed.id if claimed else None}}
-    steps["train"] = train_task(root, [], name)
-    if steps["train"]["stage"] in ("staging", "production"):
+    # Never the cached result of an earlier run: this run's whole point is the newest data.
+    steps["train"] = train_task.with_options(refresh_cache=True)(root, [], name)
+    with Store.open(ws.database_url) as store:
+        trained = store.get_model(steps["train"]["model"])
+    steps["train"]["stage"] = trained.stage
+    if trained.id in known:  # DVC found nothing changed: the version is the one there was
+        steps["train"]["skipped"] = f"no new data since {trained.ref}: nothing to retrain"
+    elif steps["train"]["stage"] in ("staging", "production"):
         steps["compress"] = compress_task(root, params, steps["train"]["model"])
         child = steps["compress"]
         usable = child.get("stage") in ("staging", "production")

@@ -114,9 +114,11 @@ def post_webhook(
             outcome["error"] = f"HTTP {r.status_code}"
             if r.status_code < 500 and r.status_code != 429:
                 return outcome  # the receiver refused the message: another try would too
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             # The exception's text can hold the address (and its token): name the kind only.
             outcome["error"] = type(exc).__name__
+            if isinstance(exc, httpx.InvalidURL | ValueError):
+                return outcome  # a malformed address: another try fails the same way
         if attempt < attempts:
             left = budget_s - (time.monotonic() - started)
             time.sleep(max(0.0, min(0.5 * 2 ** (attempt - 1), left)))

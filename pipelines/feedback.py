@@ -38,6 +38,9 @@ def read_feedback(
         "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
     )
     frame = read_table(path, kind, sep=sep)
+    if kind == "csv" and request_column in frame.columns:
+        # Ids are text: "000123" read as a number would never join the log again.
+        frame[request_column] = _text_column(path, sep, request_column, len(frame))
     for col in (request_column, label_column):
         if col not in frame.columns:
             raise MlopsError(
@@ -58,6 +61,8 @@ def read_feedback(
             raise MlopsError(f"{where}: {label_column!r} is empty")
         try:
             index = int(rec)
+            if float(rec) != index:
+                raise ValueError
         except (TypeError, ValueError):
             raise MlopsError(f"{where}: {record_column!r} {rec!r} is not a record index") from None
         if index < 0:
@@ -66,11 +71,29 @@ def read_feedback(
     return out
 
 
+def _text_column(path: Path, sep: str | None, column: str, rows: int) -> pd.Series:
+    """One column of a CSV read as text (the file was read already: it parses)."""
+    raw = pd.read_csv(path, sep=sep or None, engine="python", dtype=str, keep_default_na=False)
+    if column not in raw.columns or len(raw) != rows:
+        raise MlopsError(f"{path.name}: could not read {column!r} as text")
+    return raw[column]
+
+
 def _text(value: object) -> str:
     """A label as the store keeps it: 1.0 read from a CSV column with gaps is the label 1."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
+    return label_text(value)
+
+
+def label_text(value: object) -> str:
+    """One text per label, however it was read or written: 1, 1.0, "1" and "1.0" are "1"."""
+    from pipelines.sources import label_key
+
+    text = label_key(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
 
 
 def store_feedback(
@@ -90,7 +113,7 @@ def store_feedback(
         json.loads((model_dir(ws, model) / "preprocessor.json").read_text())
     )
     if pre.task == "classification":
-        classes = {str(c) for c in pre.classes}
+        classes = {label_text(c) for c in pre.classes}
         for rid, rec, label in rows:
             if label not in classes:
                 raise MlopsError(

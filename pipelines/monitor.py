@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 MIN_CALIBRATION_ROWS = 200  # held-out reference rows below which no estimate is made
 MAX_SEGMENTS = 10
-SCORE = "_score"  # the reference's and the window's served score column, in drift terms
+# The served score beside the inputs in the drift report: a name no data set's column has.
+SCORE = "(served score)"
 SPLIT = "_split"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -192,11 +193,23 @@ def _labels_as(values: pd.Series, classes: list[Any], task: str) -> np.ndarray:
     """Labels as the model's classes (text from the store -> the class it names)."""
     if task == "regression":
         return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-    by_text = {str(c): c for c in classes}
-    unknown = sorted({str(v) for v in values if str(v) not in by_text})
-    if unknown:
-        raise MlopsError(f"labels {unknown[:5]} are not among the model's classes {list(by_text)}")
-    return np.asarray([by_text[str(v)] for v in values], dtype=object)
+    from pipelines.feedback import label_text
+
+    by_text = {label_text(c): c for c in classes}
+    # A label outside the classes (given for an older version with other classes) is None:
+    # the callers leave it out rather than fail the whole run.
+    return np.asarray([by_text.get(label_text(v)) for v in values], dtype=object)
+
+
+def _usable_labels(
+    labels: pd.Series, classes: list[Any], task: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's label as the model's class (or number), and which rows have a usable one."""
+    values = _labels_as(labels, classes, task)
+    present = labels.notna().to_numpy()
+    if task == "regression":
+        return values, present & ~np.isnan(values.astype(np.float64))
+    return values, present & np.asarray([v is not None for v in values], dtype=bool)
 
 
 def monitor(
@@ -476,10 +489,10 @@ def _quality(
     min_labels: int,
 ) -> dict[str, Any]:
     """Realized quality on the window's labelled rows (empty below `min_labels`)."""
-    known = labels.notna().to_numpy()
+    y, known = _usable_labels(labels, classes, task)
     if known.sum() < min_labels:
         return {"labelled": int(known.sum())} if known.any() else {}
-    y = _labels_as(labels[known], classes, task)
+    y = y[known]
     pos = classes[positive] if positive is not None else None
     out = evaluate_scores(task, y, scores[known], classes, pos)
     out["labelled"] = int(known.sum())
@@ -500,7 +513,7 @@ def _quality_snapshot(
     from monitoring.quality import PREDICTION, PROBA, TARGET, quality_report
 
     held = reference.held_out
-    known = labels.notna().to_numpy()
+    truth, known = _usable_labels(labels, classes, task)
 
     def frame(truth: Any, scores: np.ndarray) -> pd.DataFrame:
         if task == "regression":
@@ -515,7 +528,7 @@ def _quality_snapshot(
             out[PROBA] = scores[:, positive]
         return out
 
-    truth = _labels_as(labels[known], classes, task)
+    truth = truth[known]
     return quality_report(
         frame(reference.frame[target][held].to_numpy(), reference.scores[held]),
         frame(truth, window_scores[known]),

@@ -152,7 +152,9 @@ def _wait_for_traffic(
     deadline = time.monotonic() + timeout_s
     while True:
         rows = read_log(ws.predictions_dir, candidate.name, since=since)
-        canary = rows[(rows["route"] == "canary") & (rows["version"] == candidate.version)]
+        # A canary that fails is still asked: its failed attempts count as its requests.
+        tried = rows["route"].isin(("canary", FAILED_CANARY))
+        canary = rows[tried & (rows["version"] == candidate.version)]
         if canary["request_id"].nunique() >= min_requests:
             return rows
         if time.monotonic() > deadline:
@@ -172,9 +174,15 @@ def compare(
     """The canary against production on one window of the log."""
     rp = params.rollout
     mine = window[window["version"] == candidate.version]
-    theirs = window[(window["version"] == production.version) & (window["route"] == "production")]
+    failed_ids = set(mine[mine["route"] == FAILED_CANARY]["request_id"])
+    # Production's own requests: those it answered for a failed canary took both attempts.
+    theirs = window[
+        (window["version"] == production.version)
+        & (window["route"] == "production")
+        & ~window["request_id"].isin(failed_ids)
+    ]
     canary = mine[mine["route"] == "canary"]
-    failed = mine[mine["route"] == FAILED_CANARY]["request_id"].nunique()
+    failed = len(failed_ids)
     canary_requests = canary["request_id"].nunique() + failed
     error_rate = failed / canary_requests if canary_requests else 0.0
     p99 = {k: _p99(v) for k, v in (("canary", canary), ("production", theirs))}

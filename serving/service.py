@@ -253,6 +253,8 @@ class MlopsService:
         try:
             x, readings = _encode(model, columns, n)
             scores = await self.batcher.scores(model, x)
+        except InvalidArgument:
+            raise  # the client's input: a 4xx whoever answers, not the canary's failure
         except Exception:
             if route != "canary" or routes.production is None:
                 raise

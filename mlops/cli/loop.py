@@ -93,13 +93,19 @@ async def _install(root: Path, cooldown_s: float) -> str:
             match={"prefect.resource.id": "mlops.model.*", "mlops.decision": "retrain"},
             posture=Posture.Reactive,
             threshold=1,
-            within=timedelta(seconds=cooldown_s),
+            # Half the store's cooldown: Prefect's debounce as documented, never dropping an
+            # alert the store approved (those come at least a cooldown apart).
+            within=timedelta(seconds=cooldown_s / 2),
         ),
         actions=[
             RunDeployment(
                 source="selected",
                 deployment_id=deployment_id,
-                parameters={"workspace": str(root), "dataset": "{{ event.resource.name }}"},
+                parameters={
+                    "workspace": str(root),
+                    "dataset": "{{ event.resource.name }}",
+                    "drift_event": "{{ event.payload.drift_event.id }}",
+                },
             )
         ],
     )

@@ -160,12 +160,12 @@ def _drifted(r: DriftRecord) -> list[str]:
 
 
 def _metric(r: DriftRecord, which: str) -> str:
-    block = (r.estimated or {}) if which == "estimated" else (r.realized or {})
-    name = (r.details.get("primary_metric") or {}).get("name")
-    value = block.get(name) if name else None
-    if isinstance(value, dict):
-        value = value.get("value")
-    return f"{value:.3f}" if isinstance(value, float) else ""
+    metric = r.details.get("primary_metric") or {}
+    value = metric.get("estimate" if which == "estimated" else "realized")
+    if not isinstance(value, float):
+        return ""
+    unreliable = which == "estimated" and metric.get("reliable") is False
+    return f"{value:.3f}" + (" (unreliable)" if unreliable else "")
 
 
 def _print_report(r: DriftRecord) -> None:

@@ -989,18 +989,22 @@ class Store:
             s.flush()
             return _to(DriftEventRecord, row)
 
-    def claim_drift_event(self, name: str, flow_run_id: str) -> DriftEventRecord | None:
-        """The oldest retrain decision of `name` no run has claimed, now claimed by
-        `flow_run_id` (None: the run was not started by a drift event)."""
+    def claim_drift_event(
+        self, name: str, flow_run_id: str, *, event_id: int | None = None
+    ) -> DriftEventRecord | None:
+        """Drift event `event_id` (the one whose Prefect event started the run), claimed by
+        `flow_run_id` if no run claimed it yet; None for a run no drift event started."""
+        if event_id is None:
+            return None
         with self._tx() as s:
             row = s.scalars(
                 select(DriftEvent)
                 .where(
+                    DriftEvent.id == event_id,
                     DriftEvent.model_name == name,
                     DriftEvent.decision == "retrain",
                     DriftEvent.flow_run_id.is_(None),
                 )
-                .order_by(DriftEvent.id)
                 .with_for_update()
             ).first()
             if row is None:
@@ -1139,7 +1143,8 @@ class Store:
             ids = sorted({r for r, _ in latest})
             for start in range(0, len(ids), 500):  # bound the IN list
                 chunk = ids[start : start + 500]
-                for row in s.scalars(select(Label).where(Label.request_id.in_(chunk))):
+                found = select(Label).where(Label.model_name == name, Label.request_id.in_(chunk))
+                for row in s.scalars(found):
                     key = (row.request_id, row.record)
                     if key in latest:
                         s.delete(row)

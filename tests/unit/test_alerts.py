@@ -149,3 +149,25 @@ def test_feedback_file_errors_name_the_row(tmp_path: Path) -> None:
     negative.write_text("request_id,record,label\nr1,-1,1\n")
     with pytest.raises(MlopsError, match="row 2: 'record' -1 is negative"):
         read_feedback(negative)
+
+
+def test_labels_have_one_text_however_they_were_read() -> None:
+    """A CSV target with a gap is read as floats (classes 0.0, 1.0): feedback of 1, "1" or
+    "1.0" names the same class, and a text label stays as it is."""
+    import numpy as np
+
+    from pipelines.feedback import label_text
+
+    assert {label_text(v) for v in (1, 1.0, "1", "1.0", np.float64(1.0), np.int64(1))} == {"1"}
+    assert label_text(0.5) == "0.5" and label_text(" yes ") == "yes"
+
+
+def test_feedback_keeps_request_ids_as_text(tmp_path: Path) -> None:
+    from pipelines.feedback import read_feedback
+
+    path = tmp_path / "labels.csv"
+    path.write_text("request_id,record,label\n000123,0,1\n000124,1.0,0\n")
+    assert read_feedback(path) == [("000123", 0, "1"), ("000124", 1, "0")]
+    path.write_text("request_id,record,label\nr1,1.5,1\n")
+    with pytest.raises(MlopsError, match=r"1\.5 is not a record index"):
+        read_feedback(path)

@@ -479,9 +479,12 @@ def test_drift_events_debounce_and_cap(db_url: str) -> None:
     ]
     assert [e.decision for e in decided] == ["retrain"] + ["suppressed"] * 4
     assert all(f"drift event {decided[0].id} started a retrain" in e.reason for e in decided[1:])
-    claimed = store.claim_drift_event("ai4i", "run-1")
+    # a run claims the event that started it, once; a suppressed one is never claimed
+    assert store.claim_drift_event("ai4i", "cron-run") is None  # not started by an event
+    assert store.claim_drift_event("ai4i", "run-x", event_id=decided[1].id) is None
+    claimed = store.claim_drift_event("ai4i", "run-1", event_id=decided[0].id)
     assert claimed is not None and claimed.id == decided[0].id and claimed.flow_run_id == "run-1"
-    assert store.claim_drift_event("ai4i", "run-2") is None  # nothing else to claim
+    assert store.claim_drift_event("ai4i", "run-2", event_id=decided[0].id) is None
 
     store.upsert_dataset("other", "classification", {})
     storm = [
