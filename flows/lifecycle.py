@@ -321,9 +321,12 @@ def lifecycle(
     # Tasks get the workspace's folder, never the Workspace: it carries the database URL,
     # and task parameters are recorded by Prefect.
     root = str(ws.root)
-    steps["ingest"] = ingest_task(
-        root, params, plan_request(params.ingest, overrides, request), dataset
+    ingested = ingest_task(
+        root, params, plan_request(params.ingest, overrides, request), dataset, return_state=True
     )
+    steps["ingest"] = dict(ingested.result())
+    if ingested.name == "Cached":  # an earlier run ingested it: nothing new in this one
+        steps["ingest"]["new"] = False
     batch_id = steps["ingest"]["batch_id"]
     # This batch first: a new data set's first validation infers its suite, once.
     steps["validate"] = validate_task(root, params, batch_id)
