@@ -136,10 +136,10 @@ def test_monitor_flags_the_shifted_columns_and_alerts(
     assert f"report {summary['report_id']}" in received[0]["text"]
     assert "secret" not in hot.stdout + hot.stderr
 
-    # The Prefect server holds the event, with the summary as its payload.
-    found = _events(str(PREFECT_API_URL.value()))
-    ours = [e for e in found if e["payload"].get("report_id") == summary["report_id"]]
-    assert len(ours) == 1
+    # The Prefect server holds the event (found by the id the monitor sent it with; the
+    # session's server has other runs' events too), with the summary as its payload.
+    ours = _events(str(PREFECT_API_URL.value()), channels["prefect"]["id"])
+    assert len(ours) == 1 and ours[0]["payload"]["report_id"] == summary["report_id"]
     assert ours[0]["resource"]["prefect.resource.id"] == "mlops.model.ai4i"
     assert set(ours[0]["payload"]["drifted"]) == TEMPERATURES
 
@@ -181,14 +181,20 @@ def test_decoupled_temperatures_pass_per_column_tests_but_not_the_multivariate_c
     assert any("multivariate" in r for r in summary["estimate_reasons"])
 
 
-def _events(api: str) -> list[dict[str, Any]]:
+def _events(api: str, event_id: str) -> list[dict[str, Any]]:
+    """The drift events with this id, once the server has stored it (it ingests them
+    asynchronously)."""
+
     def query() -> list[dict[str, Any]]:
         r = httpx.post(
             f"{api}/events/filter",
-            json={"filter": {"event": {"name": ["mlops.drift.detected"]}}, "limit": 50},
+            json={
+                "filter": {"event": {"name": ["mlops.drift.detected"]}, "id": {"id": [event_id]}},
+                "limit": 50,
+            },
         )
         r.raise_for_status()
-        return list(r.json()["events"])
+        return [e for e in r.json()["events"] if e["id"] == event_id]
 
     wait_for(lambda: bool(query()), what="the drift event on the Prefect server")
     return query()
