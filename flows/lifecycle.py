@@ -2,7 +2,10 @@
 
 ingest -> validate -> train + evaluate (DVC stages, the promotion gate) -> compress -> package
 -> deploy (the first production version only; later ones wait for a release manager) -> traffic
-and monitor (the demo: a drift scenario sent to the service, then a drift report)
+and monitor (the demo: a drift scenario sent to the service, then a drift report) -> when the
+monitor's alert becomes a drift event the store approves: the scenario's data arrives, and the
+retrain flow (flows/retrain.py) trains, gates, compresses, packages and rolls the new version
+out progressively on live traffic, as the automation would start it on a Prefect server.
 
 Fan-out is mapped tasks: the data set's batches still waiting for validation, and the
 `train.search` candidates. They run on the flow's task runner: Prefect's threads by default,
@@ -276,13 +279,78 @@ def traffic_monitor_task(root: str, params: Params, name: str) -> dict[str, Any]
         done.sent, result.report.id, ", ".join(s["drifted"]) or "none",
     )  # fmt: skip
     create_markdown_artifact(key="monitor-report", markdown=summary_markdown(s, result.reasons))
-    return {
+    out = {
         "report": result.report.id,
         "rows": s["rows"],
         "drifted": ", ".join(s["drifted"]) or "none",
         "html": str(result.html),
         "alerts": "; ".join(result.reasons) or "none",
     }
+    event = s.get("drift_event")
+    if event:
+        out.update(drift_event=event["id"], decision=event["decision"])
+    return out
+
+
+@task(name="drift-batch")
+def drift_batch_task(root: str, params: Params, name: str) -> dict[str, Any] | None:
+    """The drift scenario's labelled data arrives: ingested as the data set's next batch
+    (None for a user's data set, whose new batches come from the user)."""
+    from pipelines.ingest import ingest
+    from pipelines.traffic import drift_batch
+
+    ws = open_workspace(root)
+    with Store.open(ws.database_url) as store:
+        loaded = drift_batch(ws, store, params, name)
+        if loaded is None:
+            return None
+        result = ingest(ws, store, loaded)
+    return _batch_step(result.batch, new=result.created, source=result.batch.source)
+
+
+def _answer_drift(
+    root: str, params: Params, name: str, event: int, overrides: list[str]
+) -> dict[str, Any]:
+    """The demo's drift incident, answered the way the automation answers one: the scenario's
+    data arrives and is validated, then the retrain flow runs for the drift event (train ->
+    gate -> compress -> package -> progressive rollout) while a client keeps the production
+    version busy, so the canary is judged on live traffic."""
+    from flows.retrain import retrain
+    from pipelines.traffic import demo_client
+
+    steps: dict[str, Any] = {}
+    new = drift_batch_task(root, params, name)
+    if new is not None:
+        steps["drift-data"] = new
+        steps["drift-validate"] = validate_task(root, params, new["batch_id"])
+    with demo_client(open_workspace(root), params, name) as client:
+        done = retrain(workspace=root, dataset=name, drift_event=event, overrides=overrides)
+    summary: dict[str, Any] = {"drift_event": event}
+    summary.update(_retrain_line(done))
+    summary["traffic"] = client.summary()
+    steps["retrain"] = summary
+    return steps
+
+
+def _retrain_line(done: dict[str, Any]) -> dict[str, Any]:
+    """The retrain flow's steps, one entry each, for the lifecycle's table."""
+    out: dict[str, Any] = {}
+    train = done.get("train", {})
+    out["model"] = f"{train.get('model')} ({train.get('stage')})"
+    if train.get("skipped"):
+        out["skipped"] = train["skipped"]
+        return out
+    out["gate"] = train.get("reason", "")
+    if "compress" in done:
+        out["compressed"] = done["compress"].get("model") or done["compress"].get("reason")
+    rollout = done.get("rollout")
+    if rollout:
+        out["rollout"] = (
+            f"{rollout.get('candidate')} {rollout['outcome']}: {rollout.get('reason')}"
+            if "outcome" in rollout
+            else rollout.get("skipped", "")
+        )
+    return out
 
 
 def _stage_now(ws: Any, ref: str) -> str:
@@ -344,7 +412,11 @@ def lifecycle(
         staged = child["model"] if usable else steps["train"]["model"]
         steps["deploy"] = deploy_task(root, params.serve, staged)
         if params.monitor.demo_rows and params.serve.check:
-            steps["monitor"] = traffic_monitor_task(root, params, steps["ingest"]["dataset"])
+            name = steps["ingest"]["dataset"]
+            steps["monitor"] = traffic_monitor_task(root, params, name)
+            if steps["monitor"].get("decision") == "retrain":  # the store approved a retrain
+                event = steps["monitor"]["drift_event"]
+                steps.update(_answer_drift(root, params, name, event, overrides))
     else:
         steps["compress"] = {"model": None, "reason": "candidate was not promoted"}
 

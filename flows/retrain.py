@@ -31,17 +31,23 @@ AUTOMATION = "mlops-retrain-on-drift"
 
 @flow(name="mlops-retrain", log_prints=True)
 def retrain(
-    workspace: str = ".", dataset: str | None = None, drift_event: int | str | None = None
+    workspace: str = ".",
+    dataset: str | None = None,
+    drift_event: int | str | None = None,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Retrain `dataset` on its newest validated data, gate, compress, package and roll out the
     result. A run started by a drift alert (`drift_event`, its id) claims it in the store, so
-    every alert traces to its run. With no data since the last training, nothing is retrained."""
+    every alert traces to its run. With no data since the last training, nothing is retrained.
+    `overrides` (section.key=value) apply to this run, as `mlops run --set` does."""
     from prefect.runtime import flow_run
 
+    from flows.lifecycle import PIPELINE_SECTIONS
     from pipelines.datasets import resolve_dataset
 
     ws = open_workspace(workspace)
-    params = load_params(ws.params_path)
+    overrides = list(overrides or [])
+    params = load_params(ws.params_path, overrides)
     log = get_run_logger()
     with Store.open(ws.database_url) as store:
         name = resolve_dataset(store, dataset or None)
@@ -55,7 +61,8 @@ def retrain(
     root = str(ws.root)
     steps: dict[str, Any] = {"trigger": {"drift_event": claimed.id if claimed else None}}
     # Never the cached result of an earlier run: this run's whole point is the newest data.
-    steps["train"] = train_task.with_options(refresh_cache=True)(root, [], name)
+    pipeline_overrides = [o for o in overrides if o.split(".", 1)[0] in PIPELINE_SECTIONS]
+    steps["train"] = train_task.with_options(refresh_cache=True)(root, pipeline_overrides, name)
     with Store.open(ws.database_url) as store:
         trained = store.get_model(steps["train"]["model"])
     steps["train"]["stage"] = trained.stage
@@ -68,7 +75,7 @@ def retrain(
         staged = child["model"] if usable else steps["train"]["model"]
         steps["package"] = deploy_task(root, params.serve, staged)
         if params.rollout.auto and "next" in steps["package"]:  # a staged version, not the first
-            steps["rollout"] = _rollout_if_serving(root, name, staged)
+            steps["rollout"] = _rollout_if_serving(root, name, staged, overrides)
     create_markdown_artifact(
         key="retrain-summary",
         markdown=_markdown(name, steps),
@@ -77,7 +84,7 @@ def retrain(
     return steps
 
 
-def _rollout_if_serving(root: str, name: str, ref: str) -> dict[str, Any]:
+def _rollout_if_serving(root: str, name: str, ref: str, overrides: list[str]) -> dict[str, Any]:
     """Roll `ref` out when servers answer traffic now (rows in the prediction log within the
     last minute); otherwise leave it staged for `mlops rollout REF --progressive`."""
     from flows.rollout import rollout_task
@@ -86,7 +93,7 @@ def _rollout_if_serving(root: str, name: str, ref: str) -> dict[str, Any]:
     ws = open_workspace(root)
     if not live_traffic(ws, name):
         return {"skipped": f"no live traffic: `mlops rollout {ref} --progressive` when serving"}
-    return rollout_task(root, ref)
+    return rollout_task(root, ref, overrides)
 
 
 def _markdown(name: str, steps: dict[str, Any]) -> str:

@@ -14,11 +14,11 @@ from mlops.workspace import open_workspace
 
 
 @task(name="progressive-rollout")
-def rollout_task(root: str, ref: str) -> dict[str, Any]:
+def rollout_task(root: str, ref: str, overrides: list[str] | None = None) -> dict[str, Any]:
     from pipelines.rollout import progressive_rollout
 
     ws = open_workspace(root)
-    params = load_params(ws.params_path)
+    params = load_params(ws.params_path, list(overrides or []))
     log = get_run_logger()
     with Store.open(ws.database_url) as store:
         result = progressive_rollout(ws, store, params, ref, say=log.info)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from mlops.cli.common import (
@@ -18,6 +20,7 @@ from mlops.cli.common import (
     workspace,
 )
 from mlops.errors import MlopsError
+from mlops.settings import Workspace
 
 
 def run(
@@ -115,3 +118,74 @@ def run(
             for name, value in result.steps.items()
         ],
     )
+    _print_summary(ws, result.dataset, result.steps)
+
+
+def _print_summary(ws: Workspace, name: str, steps: dict[str, Any]) -> None:
+    """Where the loop left things: production and its metrics, the compression chosen, how to
+    serve it, the drift report, the retrain it caused, and the dashboards."""
+    from mlops.params import load_params
+
+    serve = load_params(ws.params_path).serve
+    lines: list[tuple[str, str]] = []
+    with open_store(ws) as store:
+        production = store.production_model(name)
+        reports = store.list_drift_reports(name)
+        events = store.list_drift_events(name)
+        parent = (
+            store.get_model(production.parent_id)
+            if production is not None and production.parent_id is not None
+            else None
+        )
+    if production is None:
+        lines.append(("production", f"none yet for {name}: `mlops models list` shows why"))
+    else:
+        metric = production.metrics.get("primary_metric")
+        value = production.metrics.get(metric) if isinstance(metric, str) else None
+        shown = f"{metric} {value:.4f}" if isinstance(value, float) else "no metric recorded"
+        lines.append(("production", f"{production.ref} ({production.runtime}): {shown} on test"))
+        if production.decision.get("reason"):
+            lines.append(("gate", str(production.decision["reason"])))
+        method = production.method.get("method")
+        lines.append(
+            (
+                "compression",
+                f"{method} of {parent.ref}" if method and parent else "none (the trained model)",
+            )
+        )
+    lines.append(
+        (
+            "serve it",
+            f"`mlops serve` -> http://127.0.0.1:{serve.port}/predict (OpenAPI page: /docs)",
+        )
+    )
+    if reports:
+        r = reports[-1]
+        columns = (r.details or {}).get("columns", [])
+        moved = ", ".join(c["column"] for c in columns if c.get("drifted"))
+        lines.append(
+            (
+                "drift report",
+                f"#{r.id} on {r.rows} served rows, drift share {r.drift_share:.2f}"
+                + (f" ({moved})" if moved else "")
+                + (f": {ws.home / r.path}" if r.path else ""),
+            )
+        )
+    if events:
+        decided = ", ".join(f"#{e.id} {e.decision}" for e in events[-3:])
+        lines.append(("drift events", f"{decided} (all: `mlops drift events`)"))
+    retrain = steps.get("retrain")
+    if retrain:  # the gate's numbers are above (production) or in the steps table
+        keys = ("model", "compressed", "rollout", "traffic", "skipped")
+        lines.append(
+            (
+                "retrain",
+                f"for drift event #{retrain.get('drift_event')}: "
+                + "; ".join(f"{k} {retrain[k]}" for k in keys if retrain.get(k)),
+            )
+        )
+    lines.append(("dashboards", "`mlops ui` (Evidently: drift and quality reports)"))
+    lines.append(("", "`mlops server` (the Prefect UI with these runs, http://127.0.0.1:4200)"))
+    console.rule("summary")
+    for label, text in lines:
+        console.print(f"[bold]{label:>13}[/]  {text}" if label else f"{'':>13}  {text}")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from mlops.params import load_params
 from mlops.predictions import read_log
 from mlops.settings import Workspace
 from mlops.store import Store
@@ -23,7 +26,10 @@ SMALL = [
 def test_lifecycle_runs_every_step_and_records_lineage(ws: Workspace, prefect_server: None) -> None:
     from flows.lifecycle import lifecycle
 
-    state = lifecycle(workspace=str(ws.root), overrides=SMALL, return_state=True)
+    # The demo's drift scenario: +3 K, and a process temperature regulator failing, so that a
+    # retrain on 3,000 new rows is clearly better than production (the gate is statistical).
+    drift = "monitor.demo_drift=ambient_shift_k=3,decouple_temperatures=1"
+    state = lifecycle(workspace=str(ws.root), overrides=[*SMALL, drift], return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     steps = result.steps
@@ -44,14 +50,13 @@ def test_lifecycle_runs_every_step_and_records_lineage(ws: Workspace, prefect_se
             # made production (there was none) and answered through a real server
             deploy = steps["deploy"]
             deployed = store.get_model(deploy["production"])
-            assert store.production_model(deployed.name).ref == deployed.ref
+            # (production then; the demo's retrain has replaced it since)
+            assert "production" in [e.to_stage for e in store.stage_history(deployed.ref)]
             assert deployed.ref in (model.ref, child)
             package = store.get_package(deployed.ref)
             assert package is not None and package.bento_tag == deploy["bento"] != ""
             assert deploy["served"] == f"3 records answered by {deployed.ref}"
             # then the demo's traffic (ambient +3 K) went through a server and was monitored
-            log = read_log(ws.predictions_dir, deployed.name)
-            assert len(log) == 3 + 2000 and set(log["version"]) == {deployed.version}
             monitored = steps["monitor"]
             (report,) = store.list_drift_reports(deployed.name)
             assert monitored["report"] == report.id and report.rows == 2000
@@ -60,10 +65,39 @@ def test_lifecycle_runs_every_step_and_records_lineage(ws: Workspace, prefect_se
                 monitored["drifted"].split(", ")
             )
             assert (ws.home / str(report.path)).is_file()
+            _assert_the_loop_closed(ws, store, steps, deployed)
         else:
             assert "deploy" not in steps
     finally:
         store.close()
+
+
+def _assert_the_loop_closed(ws: Workspace, store: Store, steps: dict, deployed: Any) -> None:
+    """The demo's alert became a drift event the store approved; the scenario's batch was
+    ingested and validated; the retrain subflow claimed the event, its version passed the gate
+    and was rolled out step by step on the demo client's traffic (none of it failed) and
+    promoted."""
+    (event,) = store.list_drift_events(deployed.name)
+    assert steps["monitor"]["drift_event"] == event.id and event.decision == "retrain"
+    assert event.flow_run_id is not None  # claimed by the retrain run
+    assert steps["drift-validate"]["outcome"] in ("passed", "warned")
+    new_batch = store.get_batch(steps["drift-data"]["batch_id"])
+    assert "decouple_temperatures=1" in new_batch.source
+    retrain = steps["retrain"]
+    assert retrain["drift_event"] == event.id
+    assert retrain["traffic"].endswith(" 0 failed"), retrain["traffic"]
+    production = store.production_model(deployed.name)
+    assert production is not None and production.id != deployed.id
+    trained = production if production.parent_id is None else store.get_model(production.parent_id)
+    assert new_batch.id in trained.batch_ids  # the new production learned from the new data
+    assert "promoted" in retrain["rollout"], retrain
+    audit = [e for e in store.deployment_events(deployed.name) if e.actor == "rollout"]
+    params = load_params(ws.params_path)
+    assert [e.share for e in audit if e.action == "canary"] == params.rollout.steps
+    assert audit[-1].action == "promote"
+    # the served log holds the canary's answers
+    log = read_log(ws.predictions_dir, deployed.name)
+    assert (log["route"] == "canary").any() and (log["version"] == production.version).any()
 
 
 def test_a_failing_batch_stops_the_flow_with_a_docs_link(

@@ -1,26 +1,31 @@
 """The closed loop on a real Prefect server (`prefect server start`, its own home), a real
-`mlops worker` and the automation `mlops automations install` registers:
+`mlops worker`, the automation `mlops automations install` registers and a real `bentoml serve`
+answering HTTP:
 
-drifted traffic in the prediction log -> `mlops monitor` five times in a row -> the store
-decides: the first alert retrains, the cooldown suppresses four -> the events reach Prefect ->
-the automation runs the retrain deployment exactly once -> the run claims its drift event,
-trains on the newest validated data and packages the result. `mlops schedule` puts the
-deployment on a cron line the server then holds.
+drifted traffic sent to the served production version (a client posting /predict, the server
+logging what it answered) -> `mlops monitor` five times in a row -> the store decides: the
+first alert retrains, the cooldown suppresses four -> the events reach Prefect -> the
+automation runs the retrain deployment exactly once -> the run claims its drift event, trains
+on the newest validated data, passes the gate against production, compresses, packages and,
+the server answering traffic, rolls the new version out: canary at each `rollout.steps` share,
+compared with production on the live window, then promoted, while a steady client sees not
+one failed request. `mlops schedule` puts the deployment on a cron line the server then holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from mlops.settings import Workspace
@@ -28,11 +33,29 @@ from mlops.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SMALL = {
+# Traffic and the new batch drift alike: 3 K warmer (both temperatures: the monitor's drift
+# share crosses monitor.alert_drift_share) and a failed regulator (process temperature no
+# longer follows the air's), so the machine fails where production never saw it fail. At
+# these sizes the gate's 95% interval of the retrain's pr_auc gain over production started at
+# +0.10 to +0.18 for new-batch seeds 6, 7, 8 (seed 6: [+0.12, +0.29]); with the temperature
+# shift alone it started as low as +0.005.
+DRIFT = "ambient_shift_k=3,decouple_temperatures=1"
+TRAFFIC_ROWS = 2000  # records sent, then monitored (`mlops monitor --last`)
+STEPS = [0.2, 0.5]
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+SMALL: dict[str, dict[str, Any]] = {
     "ingest": {"rows": 3000},
-    "train": {"epochs": 4, "patience": 2, "hidden": [32, 32], "device": "cpu"},
+    # Epochs are cheap at 3000 rows; with 4 both versions flagged a third of the traffic as
+    # failures and disagreed on a quarter of it (the rollout's max_disagreement is 0.2).
+    "train": {"epochs": 30, "patience": 2, "hidden": [32, 32], "device": "cpu"},
     "compress": {"finetune_epochs": 1, "distill_epochs": 3, "latency_repeats": 20},
-    "serve": {"bento": False, "check": False},
+    # The servers re-read the deployment state and flush the prediction log often, so a
+    # canary takes traffic, and the rollout sees it, within a second or two.
+    "serve": {"bento": False, "check": False, "poll_s": 0.5, "log_flush_s": 2.0},
+    # Judged after 60 canary requests per step. Latency on two cores shared with the
+    # worker's training is noise at 60 requests: the slack keeps a scheduler hiccup from
+    # deciding the rollout (the p99 rule itself is tests/serve_api's).
+    "rollout": {"steps": STEPS, "min_requests": 60, "step_timeout_s": 180, "p99_slack_ms": 100},
 }
 
 
@@ -91,7 +114,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _mlops(ws: Workspace, api: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -112,41 +136,69 @@ def _validated_batch(ws: Workspace, store: Store, seed: int, drift: str = "") ->
     return batch.id
 
 
-def _log_traffic(ws: Workspace, store: Store, rows: int) -> None:
-    """Served traffic, 3 K warmer than the data, written by the serving log's own writer."""
-    from mlops.predictions import Answered, PredictionLog
-    from pipelines.artifact import load_predictor
-    from pipelines.gate import model_dir
-    from pipelines.sources import AI4I_SPEC, Ai4iDrift, generate_ai4i
+def _drifted_records(rows: int, seed: int) -> list[dict[str, Any]]:
+    """Records as a client sends them, from the built-in source under DRIFT."""
+    from pipelines.sources import AI4I_SPEC, generate_ai4i, parse_drift
+    from serving.smoke import records_of
 
-    production = store.production_model("ai4i")
-    assert production is not None
-    predictor = load_predictor(model_dir(ws, production))
-    frame = generate_ai4i(rows, 11, Ai4iDrift(ambient_shift_k=3.0))[list(AI4I_SPEC.features)]
-    scores = predictor.scores(frame)
-    log = PredictionLog(ws.predictions_dir)
-    for i in range(0, rows, 100):
-        part = frame.iloc[i : i + 100]
-        log.append(
-            Answered(
-                request_id=f"req-{i}",
-                ts=datetime.now(UTC),
-                model="ai4i",
-                version=production.version,
-                route="production",
-                inputs={c: part[c].tolist() for c in part.columns},
-                predictions=[str(predictor.preprocessor.classes[k]) for k in
-                             scores[i : i + 100].argmax(axis=1)],
-                scores=np.asarray(scores[i : i + 100, 1], dtype=np.float64),
-                latency_ms=1.0,
-            )
-        )  # fmt: skip
-    log.close()
+    return records_of(generate_ai4i(rows, seed, parse_drift(DRIFT)), list(AI4I_SPEC.features))
+
+
+def _send(url: str, records: list[dict[str, Any]], per_request: int = 100) -> set[str]:
+    """POST the records to /predict; returns the request ids (each request its own)."""
+    ids = set()
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for i in range(0, len(records), per_request):
+            rid = f"drift-{uuid.uuid4().hex}"
+            r = client.post(
+                "/predict", json={"records": records[i : i + per_request]},
+                headers={"X-Request-ID": rid},
+            )  # fmt: skip
+            assert r.status_code == 200, r.text[:300]
+            ids.add(rid)
+    return ids
+
+
+class Load:
+    """A client sending small requests back to back (a short pause between them, so the
+    worker's training keeps its share of two cores), each with its own request id; every
+    answer's status is kept (an exception's name where none came)."""
+
+    def __init__(self, url: str, records: list[dict[str, Any]], per_request: int = 5) -> None:
+        self.url, self.records, self.per_request = url, records, per_request
+        self.statuses: list[int | str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+
+    def _run(self) -> None:
+        rows, n = self.records, self.per_request
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            i = 0
+            while not self._stop.wait(0.008):
+                batch = [rows[(i + k) % len(rows)] for k in range(n)]
+                try:
+                    r = client.post(
+                        "/predict", json={"records": batch},
+                        headers={"X-Request-ID": f"load-{uuid.uuid4().hex}"},
+                    )  # fmt: skip
+                    self.statuses.append(r.status_code)
+                except httpx.HTTPError as exc:
+                    self.statuses.append(type(exc).__name__)
+                i += n
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=90)
 
 
 @pytest.fixture(scope="module")
 def loop_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """A workspace whose first ai4i version is in production and serving drifted traffic."""
+    """A workspace whose first ai4i version is packaged and in production, and a new batch of
+    drifted data that passed validation since: what the retrain will learn from."""
     from pipelines.gate import promote
     from pipelines.init import init_workspace
     from pipelines.pipeline import write_overrides
@@ -163,14 +215,31 @@ def loop_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
             store, first.ref, "production", reason="test setup", actor="test",
             override=first.stage != "staging",
         )  # fmt: skip
-        _log_traffic(ws, store, 2000)
-        # New data arrived (and passed validation) since: what the retrain will learn from.
-        _validated_batch(ws, store, seed=6, drift="ambient_shift_k=3")
+        _validated_batch(ws, store, seed=6, drift=DRIFT)
+    # In the BentoML model store, as a release manager leaves it (the server serves from there).
+    packaged = subprocess.run(
+        [sys.executable, "-m", "mlops", "-w", str(ws.root), "package", first.ref, "--no-bento"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert packaged.returncode == 0, packaged.stderr
     return ws
 
 
-def test_five_drift_alerts_start_exactly_one_retrain(loop_ws: Workspace, prefect_api: str) -> None:
+def test_drift_traffic_retrains_once_and_the_rollout_promotes(
+    loop_ws: Workspace, prefect_api: str
+) -> None:
+    from mlops.predictions import read_log
+    from pipelines.rollout import ACTOR
+    from serving.smoke import running_service
+
     ws = loop_ws
+    with Store.open(ws.database_url) as store:
+        first = store.production_model("ai4i")
+        assert first is not None
+        known = {m.id for m in store.list_models("ai4i")}
+        (new_batch,) = [
+            b.id for b in store.trainable_batches("ai4i") if b.id not in first.batch_ids
+        ]
     worker_log = (ws.home / "worker.log").open("wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "mlops", "-w", str(ws.root), "worker"],
@@ -178,49 +247,99 @@ def test_five_drift_alerts_start_exactly_one_retrain(loop_ws: Workspace, prefect
         stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        deployment = _wait(
-            lambda: _deployment(prefect_api, "mlops-retrain/retrain"), 120, "the deployment"
-        )
-        installed = _mlops(ws, prefect_api, "automations", "install")
-        assert installed.returncode == 0, installed.stderr
-        # Installing again updates the one automation instead of adding a second.
-        again = _mlops(ws, prefect_api, "automations", "install")
-        assert again.returncode == 0 and "updated" in again.stdout, again.stderr
-        found = httpx.post(f"{prefect_api}/automations/filter", json={}).json()
-        assert [a["name"] for a in found].count("mlops-retrain-on-drift") == 1
+        # Production answers HTTP; every answer goes to the prediction log the monitor reads.
+        with running_service(ws, "ai4i", workers=1, timeout=180, log_name="loop-serve") as url:
+            deployment = _wait(
+                lambda: _deployment(prefect_api, "mlops-retrain/retrain"), 120, "the deployment"
+            )
+            installed = _mlops(ws, prefect_api, "automations", "install")
+            assert installed.returncode == 0, installed.stderr
+            # Installing again updates the one automation instead of adding a second.
+            again = _mlops(ws, prefect_api, "automations", "install")
+            assert again.returncode == 0 and "updated" in again.stdout, again.stderr
+            found = httpx.post(f"{prefect_api}/automations/filter", json={}).json()
+            assert [a["name"] for a in found].count("mlops-retrain-on-drift") == 1
 
-        for _ in range(5):
-            run = _mlops(ws, prefect_api, "monitor", "--last", "2000", "--json")
-            assert run.returncode == 0, run.stderr
+            records = _drifted_records(4000, seed=11)
+            sent = _send(url, records[:TRAFFIC_ROWS])
 
-        with Store.open(ws.database_url) as store:
-            events = store.list_drift_events("ai4i")
-        assert [e.decision for e in events] == ["retrain"] + ["suppressed"] * 4
+            def logged() -> bool:  # the server writes its log every serve.log_flush_s
+                rows = read_log(ws.predictions_dir, "ai4i")
+                return int(rows["request_id"].isin(sent).sum()) >= TRAFFIC_ROWS
 
-        def completed() -> list[dict[str, Any]]:
-            runs = _runs(prefect_api, deployment["id"])
-            return [r for r in runs if r["state_type"] == "COMPLETED"]
+            _wait(logged, 60, f"the {TRAFFIC_ROWS} records in the prediction log")
+            # From here on the server answers a steady client: the retrain's rollout needs
+            # live traffic, and no request of it may fail while versions change.
+            with Load(url, records) as load:
+                # The first alert starts the retrain at once. A monitor run takes tens of
+                # seconds here, so the last ones may come after the promotion: they alert all
+                # the same (the traffic is warmer than either version's reference) and fall
+                # within the cooldown.
+                for _ in range(5):
+                    run = _mlops(ws, prefect_api, "monitor", "--last", str(TRAFFIC_ROWS), "--json")
+                    assert run.returncode == 0, run.stderr
 
-        (done,) = _wait(completed, 420, "the retrain run to complete")
-        time.sleep(5)  # a second run, if the debounce failed, would have been created by now
+                last_alert = time.monotonic()
+                with Store.open(ws.database_url) as store:
+                    events = store.list_drift_events("ai4i")
+                assert [e.decision for e in events] == ["retrain"] + ["suppressed"] * 4
+
+                def finished() -> list[dict[str, Any]]:
+                    runs = _runs(prefect_api, deployment["id"])
+                    return [r for r in runs if r["state_type"] in FINAL]
+
+                try:
+                    (done,) = _wait(finished, 600, "the retrain run to finish")
+                except AssertionError as exc:
+                    runs = _runs(prefect_api, deployment["id"])
+                    raise AssertionError(f"{exc}: {runs}\n{_tail(worker_log.name)}") from None
+                assert done["state_type"] == "COMPLETED", f"{done}\n{_tail(worker_log.name)}"
+                with Store.open(ws.database_url) as store:
+                    production = store.production_model("ai4i")
+                assert production is not None
+                # The server swaps to the promoted version within serve.poll_s.
+                _wait(lambda: _answers_with(url, records[:5]) == production.ref, 60,
+                      f"the server to answer with {production.ref}")  # fmt: skip
+            assert load.statuses and set(load.statuses) == {200}, (
+                f"{sum(s != 200 for s in load.statuses)} of {len(load.statuses)} client "
+                f"requests failed: {sorted({str(s) for s in load.statuses})}"
+            )
+        # A second run, had the debounce failed, would exist within seconds of the last alert.
+        time.sleep(max(0.0, 5.0 - (time.monotonic() - last_alert)))
         runs = _runs(prefect_api, deployment["id"])
         assert len(runs) == 1, [(r["name"], r["state_type"]) for r in runs]
 
+        artifacts = httpx.post(
+            f"{prefect_api}/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [done["id"]]}}},
+        ).json()
+        by_key = {a["key"]: a for a in artifacts}
+        assert "retrain-summary" in by_key, sorted(by_key)
+        summary = str(by_key["retrain-summary"]["data"])
+        assert "outcome=promoted" in summary, summary
+        rollout = by_key.get("rollout-steps", {})
+        assert "promoted" in str(rollout.get("description")), summary
+
         with Store.open(ws.database_url) as store:
             events = store.list_drift_events("ai4i")
-            models = store.list_models("ai4i")
+            new = [m for m in store.list_models("ai4i") if m.id not in known]
+            audit = [e for e in store.deployment_events("ai4i") if e.actor == ACTOR]
         assert events[0].flow_run_id == done["id"]  # the run that the first alert caused
         assert all(e.flow_run_id is None for e in events[1:])
         listed = _mlops(ws, prefect_api, "drift", "events")
         assert (
             listed.returncode == 0 and "cooldown" in listed.stdout and done["id"] in listed.stdout
         )
-        assert len(models) > 1  # the retrain trained on the new batch and registered a version
-        artifacts = httpx.post(
-            f"{prefect_api}/artifacts/filter",
-            json={"artifacts": {"flow_run_id": {"any_": [done["id"]]}}},
-        ).json()
-        assert any(a["key"] == "retrain-summary" for a in artifacts)
+        # One version trained on the new batch; production is it, or its compressed child.
+        (trained,) = [m for m in new if m.parent_id is None]
+        assert new_batch in trained.batch_ids
+        assert production.id != first.id and production.id in {m.id for m in new}
+        assert production.id == trained.id or production.parent_id == trained.id
+        # The audit: the rollout's canary at each step share, then its promotion.
+        assert [(e.action, e.share, e.model_version_id) for e in audit] == [
+            *(("canary", share, production.id) for share in STEPS),
+            ("promote", None, production.id),
+        ], audit
     finally:
         _stop(worker)
         worker_log.close()
@@ -238,6 +357,18 @@ def test_schedule_puts_the_deployment_on_a_cron_line(loop_ws: Workspace, prefect
     assert 'retrain_cron: "0 3 * * *"' in loop_ws.params_path.read_text() or (
         "retrain_cron: 0 3 * * *" in loop_ws.params_path.read_text()
     )
+
+
+def _answers_with(url: str, records: list[dict[str, Any]]) -> str:
+    r = httpx.post(f"{url}/predict", json={"records": records}, timeout=30)
+    r.raise_for_status()
+    return str(r.json()["version"])
+
+
+def _tail(path: str | Path, lines: int = 40) -> str:
+    path = Path(path)
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def _deployment(api: str, name: str) -> dict[str, Any] | None:
