@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import FlowRunContext
 
 from flows import caching
+from flows.retrying import transient
 from mlops.errors import ValidationFailed
 from mlops.params import EvaluateParams, Params, ServeParams, TrainParams, load_params
 from mlops.settings import configure_environment
@@ -47,7 +48,14 @@ class LifecycleResult:
     task_runner: str = ""  # where mapped tasks ran: ThreadPoolTaskRunner, DaskTaskRunner
 
 
-@task(name="ingest", cache_key_fn=caching.ingest_key, persist_result=True)
+@task(
+    name="ingest",
+    cache_key_fn=caching.ingest_key,
+    persist_result=True,
+    retry_condition_fn=transient,
+    retries=2,
+    retry_delay_seconds=5,
+)
 def ingest_task(
     root: str, params: Params, request: SourceRequest | None, dataset: str | None
 ) -> dict[str, Any]:
@@ -218,7 +226,7 @@ def compress_task(root: str, params: Params, ref: str) -> dict[str, Any]:
     }
 
 
-@task(name="package-deploy")
+@task(name="package-deploy", retries=2, retry_delay_seconds=5, retry_condition_fn=transient)
 def deploy_task(root: str, serve: ServeParams, ref: str) -> dict[str, Any]:
     """Package the staged version; when the model has no production version yet, make it
     production and check that it serves. Later versions stay staged: promoting or
@@ -259,7 +267,7 @@ def deploy_task(root: str, serve: ServeParams, ref: str) -> dict[str, Any]:
     return out
 
 
-@task(name="traffic-monitor")
+@task(name="traffic-monitor", retries=2, retry_delay_seconds=5, retry_condition_fn=transient)
 def traffic_monitor_task(root: str, params: Params, name: str) -> dict[str, Any]:
     """The demo's last step: serve the production version, send it traffic (with the
     `monitor.demo_drift` scenario on the built-in source), and monitor that window. Once per
@@ -292,7 +300,7 @@ def traffic_monitor_task(root: str, params: Params, name: str) -> dict[str, Any]
     return out
 
 
-@task(name="drift-batch")
+@task(name="drift-batch", retries=2, retry_delay_seconds=5, retry_condition_fn=transient)
 def drift_batch_task(root: str, params: Params, name: str) -> dict[str, Any] | None:
     """The drift scenario's labelled data arrives: ingested as the data set's next batch
     (None for a user's data set, whose new batches come from the user)."""

@@ -14,12 +14,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.retrying import transient
 from mlops.params import load_params
 from mlops.store import Store
 from mlops.workspace import open_workspace
 
 
-@task(name="monitor", retries=1, retry_delay_seconds=5)
+@task(name="monitor", retries=2, retry_delay_seconds=5, retry_condition_fn=transient)
 def monitor_task(
     root: str, dataset: str | None, since: str | None, last: int | None
 ) -> dict[str, Any]:

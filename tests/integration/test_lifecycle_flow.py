@@ -29,7 +29,8 @@ def test_lifecycle_runs_every_step_and_records_lineage(ws: Workspace, prefect_se
     # The demo's drift scenario: +3 K, and a process temperature regulator failing, so that a
     # retrain on 3,000 new rows is clearly better than production (the gate is statistical).
     drift = "monitor.demo_drift=ambient_shift_k=3,decouple_temperatures=1"
-    state = lifecycle(workspace=str(ws.root), overrides=[*SMALL, drift], return_state=True)
+    quick = ["rollout.min_requests=40"]  # per step: tests/serve_api judges the rules themselves
+    state = lifecycle(workspace=str(ws.root), overrides=[*SMALL, drift, *quick], return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     steps = result.steps
