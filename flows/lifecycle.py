@@ -331,11 +331,14 @@ def _answer_drift(
     if new is not None:
         steps["drift-data"] = new
         steps["drift-validate"] = validate_task(root, params, new["batch_id"])
-    with demo_client(open_workspace(root), params, name) as client:
-        done = retrain(workspace=root, dataset=name, drift_event=event, overrides=overrides)
     summary: dict[str, Any] = {"drift_event": event}
+    if new is None:  # a user's data set: no new batch yet, so the retrain says so and stops
+        done = retrain(workspace=root, dataset=name, drift_event=event, overrides=overrides)
+    else:
+        with demo_client(open_workspace(root), params, name) as client:
+            done = retrain(workspace=root, dataset=name, drift_event=event, overrides=overrides)
+        summary["traffic"] = client.summary()
     summary.update(_retrain_line(done))
-    summary["traffic"] = client.summary()
     steps["retrain"] = summary
     return steps
 
