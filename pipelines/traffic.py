@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +113,7 @@ class DemoClient:
 
     url: str
     records: list[dict[str, Any]]
-    canary_live: Any  # () -> bool
+    canary_live: Callable[[], bool]
     idle_s: float = 0.2
     per_request: int = 10
     statuses: Counter[int] = field(default_factory=Counter)
