@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ("validate", "train", "compress", "serving", "fuzz", "monitoring")
+ORDER = ("validate", "train", "gate", "compress", "serving", "fuzz", "monitoring", "make_run")
 HEADER = """# Benchmarks
 
 Run with `make bench`. Every figure is a ratio against a baseline measured in the same run, on

@@ -8,7 +8,8 @@
          (progressive canary, automatic rollback; when servers answer traffic)
 
 `mlops worker` serves the deployments; `mlops automations install` registers the trigger;
-`mlops schedule retrain --cron ...` puts the deployment on a schedule.
+`mlops schedule retrain --cron ...|--every ...` puts the deployment on a schedule
+(flows/schedules.py; `mlops schedule list` tells whether it fires).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.lifecycle import compress_task, deploy_task, train_task
+from flows.schedules import ScheduleSpec
 from mlops.params import load_params
 from mlops.store import Store
 from mlops.workspace import open_workspace
@@ -103,29 +105,48 @@ def _markdown(name: str, steps: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def deployments(root: Path, cooldown_s: float, *, crons: dict[str, str] | None = None) -> list[Any]:
+def deployments(
+    root: Path, cooldown_s: float, *, schedules: dict[str, ScheduleSpec] | None = None
+) -> list[Any]:
     """The loop's deployments for the workspace at `root`: retrain (at most one run at a time;
-    a run asked for while one runs is cancelled) and monitor, each on its cron line when
-    `crons` (from params.yaml `loop:`) gives one."""
-    crons = crons or {}
+    a run asked for while one runs is cancelled) and monitor, each on its schedule (a cron line
+    or an interval) when `schedules` (from params.yaml `loop:`) gives one."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     from flows.monitor import monitor_flow
 
+    schedules = schedules or {}
     one = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+    def when(what: str) -> dict[str, Any]:
+        spec = schedules.get(what)
+        if spec is None or not spec.on:
+            return {}
+        return {"cron": spec.cron} if spec.cron else {"interval": spec.every_s}
+
     return [
         retrain.to_deployment(
             name=RETRAIN_DEPLOYMENT,
             parameters={"workspace": str(root)},
             concurrency_limit=one,
-            cron=crons.get(RETRAIN_DEPLOYMENT) or None,
             description=f"Retrain on drift or on a schedule (cooldown {cooldown_s:g} s)",
+            **when(RETRAIN_DEPLOYMENT),
         ),
         monitor_flow.to_deployment(
             name=MONITOR_DEPLOYMENT,
             parameters={"workspace": str(root)},
             concurrency_limit=one,
-            cron=crons.get(MONITOR_DEPLOYMENT) or None,
             description="Monitor served traffic (the window: monitor.window_rows)",
+            **when(MONITOR_DEPLOYMENT),
         ),
     ]
+
+
+def deployment_names() -> dict[str, str]:
+    """retrain/monitor -> the "flow/deployment" name the server knows each by."""
+    from flows.monitor import monitor_flow
+
+    return {
+        RETRAIN_DEPLOYMENT: f"{retrain.name}/{RETRAIN_DEPLOYMENT}",
+        MONITOR_DEPLOYMENT: f"{monitor_flow.name}/{MONITOR_DEPLOYMENT}",
+    }

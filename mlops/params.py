@@ -17,6 +17,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from mlops.errors import MlopsError
@@ -109,12 +110,18 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     primary_metric_classification: Literal["pr_auc", "roc_auc", "f1"] = "pr_auc"
     primary_metric_regression: Literal["rmse", "mae", "r2"] = "rmse"
-    # A challenger must beat production (or, with none, the baseline) by at least this much.
+    # A challenger must beat production by at least this much.
     margin: float = Field(0.0, ge=0)
+    # A first model (no production yet) must be no worse than the linear baseline by more
+    # than this: in metric units for bounded metrics (pr_auc, roc_auc, f1, r2) ...
+    noninferiority_margin: float = Field(0.01, ge=0)
+    # ... and as a share of the baseline's error for rmse and mae.
+    noninferiority_relative: float = Field(0.02, ge=0)
     # significant: the 95% paired-bootstrap interval's lower bound must clear the margin;
-    # point: the point improvement must. auto: significant against production, point against
-    # the baseline or (a compressed child) its parent.
-    rule: Literal["auto", "significant", "point"] = "auto"
+    # noninferior: it must clear minus the non-inferiority margin; point: the point
+    # improvement must clear the margin. auto: significant against production, noninferior
+    # against the baseline, point within its tolerance against a compressed child's parent.
+    rule: Literal["auto", "significant", "noninferior", "point"] = "auto"
     bootstrap_samples: int = Field(1000, ge=100)
     # Fewer test rows (or, for a binary target, positives) than this: "inconclusive".
     min_test_rows: int = Field(50, ge=1)
@@ -206,9 +213,22 @@ class LoopParams(_Section):
     cooldown_s: float = Field(3600.0, ge=0)
     max_retrains: int = Field(3, ge=1)
     window_s: float = Field(86400.0, gt=0)
-    # `mlops schedule retrain|monitor --cron ...` writes these; `mlops worker` applies them.
+    # `mlops schedule retrain|monitor --cron ...|--every ...` writes these (a deployment has a
+    # cron line or an interval, not both); `mlops worker` applies them.
     retrain_cron: str = ""
     monitor_cron: str = ""
+    retrain_every_s: float = Field(0.0, ge=0)  # 0: no interval schedule
+    monitor_every_s: float = Field(0.0, ge=0)
+    # `mlops schedule list`: a run due longer ago than this that did not start (or was never
+    # created) reports its schedule as not firing.
+    schedule_grace_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_schedule_each(self) -> LoopParams:
+        for what in ("retrain", "monitor"):
+            if getattr(self, f"{what}_cron") and getattr(self, f"{what}_every_s"):
+                raise ValueError(f"{what}_cron and {what}_every_s are both set: keep one")
+        return self
 
 
 class RolloutParams(_Section):
@@ -255,7 +275,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         parts = key.strip().split(".")
         if not sep or len(parts) != 2 or not all(parts):
             raise MlopsError(f"--set {item!r}: expected section.key=value (e.g. train.lr=0.01)")
-        out.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(value)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:  # `loop.monitor_cron=* * * * *`: not YAML, meant as text
+            parsed = value
+        out.setdefault(parts[0], {})[parts[1]] = parsed
     return out
 
 

@@ -73,6 +73,10 @@ class Workspace:
         return self.home / "locks"
 
     @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
 

@@ -1,15 +1,19 @@
-"""The gate: a candidate reaches `staging` only when it is better than what it would replace.
+"""The gate: a candidate reaches `staging` only when it is fit to replace what serves.
 
-The reference is the production model, re-scored on the CANDIDATE's test split (its stored
-metrics come from another split); with no production model, a compressed child is compared
-with its parent (it may be worse by at most `compress.max_quality_drop`: non-inferiority),
-and any other candidate with the linear baseline trained in the same run.
+The reference is a compressed child's parent; else the production model, re-scored on the
+CANDIDATE's test split (its stored metrics come from another split); with no production
+model, the linear baseline trained in the same run.
 
 The decision is statistical: both models are scored on the same test rows, the rows are
 resampled with replacement (a paired bootstrap), and the 95% interval of the improvement is
-kept with the decision. Under `evaluate.rule: significant` (the default against production)
-the candidate is staged when the interval's lower bound is above `evaluate.margin`; under
-`point` (the default against the baseline or a parent) when the point improvement is. Too few
+kept with the decision. Against production (`significant`, superiority) the candidate is
+staged when the interval's lower bound is above `evaluate.margin`: a new version must be shown
+better. Against the baseline (`noninferior`: a first deployment has nothing to beat) it is
+staged when the lower bound is above minus `evaluate.noninferiority_margin` (bounded metrics)
+or minus `noninferiority_relative` of the baseline's error: a model as good as the simple one
+is deployed, and a tie with a baseline that scores perfectly is a pass. A compressed child is
+judged against its parent (`point`, within `compress.max_quality_drop`), whoever promoted the
+parent. Each decision says why, and what to do next. Too few
 test rows, or too few positives, is an explicit `inconclusive` decision: the candidate stays a
 candidate for a person to decide, never a silent pass. Production is a person's decision:
 `promote` (`mlops models promote`) makes it, through the store's transition rules.
@@ -98,17 +102,21 @@ def paired_bootstrap(
 ) -> tuple[float, float, int]:
     """The 95% percentile interval of the candidate's improvement over the reference (positive
     = better, whatever the metric's direction), both scored on the same resampled rows; and how
-    many resamples had the metric defined."""
-    rng = np.random.default_rng(seed)
-    n = len(s.y)
-    diffs = []
-    for _ in range(samples):
-        rows = rng.integers(0, n, n)
-        a = metric_value(metric, s, s.candidate, rows)
-        b = metric_value(metric, s, s.reference, rows)
-        if a is not None and b is not None:
-            diffs.append(improvement(a, b, higher))
-    if not diffs:
+    many resamples had the metric defined. Every resample at once (pipelines/bootstrap.py)."""
+    from pipelines import bootstrap
+
+    def weighted(scores: np.ndarray, w: np.ndarray) -> np.ndarray:
+        if s.task == "regression":
+            return bootstrap.regression(metric, w, s.y, scores)
+        return bootstrap.classification(metric, w, s.y, scores, s.positive)
+
+    parts = []
+    for w in bootstrap.resample_counts(len(s.y), samples, seed):
+        a, b = weighted(s.candidate, w), weighted(s.reference, w)
+        d = a - b if higher else b - a
+        parts.append(d[np.isfinite(d)])
+    diffs = np.concatenate(parts) if parts else np.empty(0)
+    if not len(diffs):
         return float("nan"), float("nan"), 0
     alpha = (1 - CONFIDENCE) / 2
     low, high = np.quantile(diffs, [alpha, 1 - alpha])
@@ -133,13 +141,57 @@ def _reference(
     ws: Workspace, store: Store, candidate: ModelRecord, data: PreparedData
 ) -> tuple[str, ModelRecord | None, np.ndarray]:
     """What the candidate is judged against, and its scores on the candidate's test rows."""
-    prod = store.production_model(candidate.name)
-    if prod is not None and prod.id != candidate.id:
-        return "production", prod, load_predictor(model_dir(ws, prod)).scores(data.test)
+    # A compressed child answers to its parent's tolerance, whoever promoted the parent.
     if candidate.parent_id is not None:
         parent = store.get_model(candidate.parent_id)
         return "parent", parent, load_predictor(model_dir(ws, parent)).scores(data.test)
+    prod = store.production_model(candidate.name)
+    if prod is not None and prod.id != candidate.id:
+        return "production", prod, load_predictor(model_dir(ws, prod)).scores(data.test)
     return "baseline", None, baseline_scores(data)
+
+
+BOUNDED = frozenset({"pr_auc", "roc_auc", "f1", "r2"})  # 1.0 is perfect; errors: 0.0
+
+
+def _margin(against: str, rule: str, metric: str, reference: float | None,
+            params: EvaluateParams, parent_tolerance: float) -> float:  # fmt: skip
+    """The threshold the improvement (or its interval's lower bound) must clear."""
+    if against == "parent":
+        return -parent_tolerance
+    if rule != "noninferior":
+        return params.margin
+    if metric in BOUNDED or reference is None:
+        return -params.noninferiority_margin
+    return -params.noninferiority_relative * abs(reference)
+
+
+def _perfect(metric: str, value: float | None) -> bool:
+    return value is not None and value == (1.0 if metric in BOUNDED else 0.0)
+
+
+def next_step(outcome: str, against: str, ref: str) -> str:
+    """What a user can do after a decision, in one sentence."""
+    if outcome == "staged":
+        return (
+            f"`mlops models promote {ref} --to production`, or `mlops rollout {ref} "
+            "--progressive` beside production"
+            if against == "production"
+            else f"`mlops models promote {ref} --to production`"
+        )
+    override = f"`mlops models promote {ref} --to production --override --reason TEXT`"
+    if outcome == "inconclusive":
+        return f"ingest more rows (or lower evaluate.min_test_rows), or decide yourself: {override}"
+    if against == "production":
+        return "production stays; retrain on more or newer data, or try `--set train.search=...`"
+    if against == "parent":
+        return (
+            "its parent stays the version to serve; a larger compress.max_quality_drop allows more"
+        )
+    return (
+        "try the linear family (`--set train.hidden=[]`) or `train.search`, add data, or "
+        f"{override}"
+    )
 
 
 def gate(
@@ -173,33 +225,50 @@ def gate(
         reason = f"could not compare with the reference: {exc}"
         decision.update(outcome="inconclusive", passed=False, reason=reason)
         return store.record_decision(candidate.id, decision)
-    margin = -parent_tolerance if against == "parent" else params.margin
-    rule = params.rule
-    if rule == "auto":
-        rule = "significant" if against == "production" else "point"
-    all_rows = np.arange(len(scored.y))
-    cand_value = metric_value(metric, scored, scored.candidate, all_rows)
-    ref_value = metric_value(metric, scored, scored.reference, all_rows)
-    positives = int(np.sum(scored.y == scored.positive)) if scored.positive is not None else None
+    name = against if ref is None else f"{against} {ref.ref}"
     decision.update(
-        against=against,
-        against_ref=ref.ref if ref else None,
-        rule=rule,
-        margin=margin,
-        candidate=cand_value,
-        reference=ref_value,
-        test_split={
-            "rows": len(scored.y),
-            "positives": positives,
-            "md5": candidate.lineage.get("test_split_md5"),
-        },
-    )
+        decide(scored, metric=metric, higher=higher, against=against, name=name,
+               candidate_ref=candidate.ref, params=params, parent_tolerance=parent_tolerance)
+    )  # fmt: skip
+    decision["against_ref"] = ref.ref if ref else None
+    decision["test_split"]["md5"] = candidate.lineage.get("test_split_md5")
     if ref is not None:  # the reference's every metric on these rows, shown beside the decision
         y_raw = data.test[data.spec.target].to_numpy()
         ref_metrics = evaluate_scores(
             scored.task, y_raw, ref_scores, data.preprocessor.classes, data.spec.positive_class
         )
         decision["reference_metrics"] = {k: ref_metrics.get(k) for k in NUMBERS}
+    if decision["outcome"] == "inconclusive":
+        return store.record_decision(candidate.id, decision)
+    return _move(store, candidate, "staging" if decision["passed"] else "rejected", decision)
+
+
+def decide(
+    scored: Scored,
+    *,
+    metric: str,
+    higher: bool,
+    against: str,
+    name: str,
+    candidate_ref: str,
+    params: EvaluateParams,
+    parent_tolerance: float = 0.0,
+) -> dict[str, Any]:
+    """The decision on two models' scores of the same test rows: the rule for what they are
+    compared with (`against`: production, baseline or parent), the values, the bootstrap
+    interval, the outcome (staged, rejected, inconclusive), why in words, and what next."""
+    rule: str = params.rule
+    if rule == "auto":
+        rule = {"production": "significant", "baseline": "noninferior"}.get(against, "point")
+    all_rows = np.arange(len(scored.y))
+    cand_value = metric_value(metric, scored, scored.candidate, all_rows)
+    ref_value = metric_value(metric, scored, scored.reference, all_rows)
+    margin = _margin(against, rule, metric, ref_value, params, parent_tolerance)
+    positives = int(np.sum(scored.y == scored.positive)) if scored.positive is not None else None
+    decision: dict[str, Any] = {
+        "against": against, "rule": rule, "margin": margin, "candidate": cand_value,
+        "reference": ref_value, "test_split": {"rows": len(scored.y), "positives": positives},
+    }  # fmt: skip
     low, high, defined = paired_bootstrap(
         metric, higher, scored, samples=params.bootstrap_samples, seed=params.seed
     )
@@ -219,25 +288,36 @@ def gate(
             + (f" and {params.min_positives} positives" if positives is not None else "")
             + ")"
         )
-        decision.update(outcome="inconclusive", passed=False, reason=why)
-        return store.record_decision(candidate.id, decision)
+        decision.update(outcome="inconclusive", passed=False, reason=why,
+                        next=next_step("inconclusive", against, candidate_ref))  # fmt: skip
+        return decision
     better = improvement(cand_value, ref_value, higher)
     decision["delta"] = cand_value - ref_value
     decision["improvement"] = better
-    passed = (low if rule == "significant" else better) > margin
-    name = against if ref is None else f"{against} {ref.ref}"
+    interval_rule = rule in ("significant", "noninferior")
+    passed = bool((low if interval_rule else better) > margin)
     what = (
         f"95% interval of the improvement [{low:+.4f}, {high:+.4f}]"
-        if rule == "significant"
+        if interval_rule
         else f"improvement {better:+.4f} (95% interval [{low:+.4f}, {high:+.4f}])"
     )
     verb = "above" if passed else "not above"
-    decision["reason"] = (
+    meaning = {
+        "significant": "better than it" if passed else "not shown better than it",
+        "noninferior": "no worse than it" if passed else "worse than it",
+        "point": "within tolerance" if passed else "beyond tolerance",
+    }[rule]
+    reason = (
         f"{metric} {cand_value:.4f} vs {name} {ref_value:.4f}: {what} is {verb} the margin "
-        f"{margin:+g} ({rule} rule)"
+        f"{margin:+.4g} ({rule} rule: {meaning})"
     )
-    decision.update(outcome="staged" if passed else "rejected", passed=passed)
-    return _move(store, candidate, "staging" if passed else "rejected", decision)
+    decision["saturated"] = _perfect(metric, ref_value)
+    if decision["saturated"]:  # nothing can beat a perfect score: only a tie can be shown
+        reason = f"the {against} scores a perfect {metric} on this split; " + reason
+    outcome = "staged" if passed else "rejected"
+    decision.update(outcome=outcome, passed=passed, reason=reason,
+                    next=next_step(outcome, against, candidate_ref))  # fmt: skip
+    return decision
 
 
 def _move(

@@ -324,6 +324,9 @@ def monitor(
             "band": [point.lower, point.upper] if point is not None else None,
             "reliable": reliable,
             "realized": quality.get(metric),
+            "no_estimate": no_estimate_reason(reference, params.monitor.reference_rows)
+            if estimate is None
+            else None,
         },
         "multivariate": check.to_dict() if check is not None else None,
         "estimate_reasons": list(estimate.reasons) if estimate is not None else [],
@@ -450,6 +453,19 @@ def estimate_quality(
     return dle.estimate(pre.transform(current[features]), window_scores)
 
 
+def no_estimate_reason(reference: Reference, reference_rows: int) -> str:
+    """Why a window has no estimated quality, and what size of data set would give one."""
+    held = int(reference.held_out.sum())
+    why = (
+        f"the reference holds {held} held-out rows (the version's validation and test splits); "
+        f"calibrating the estimate needs {MIN_CALIBRATION_ROWS}"
+    )
+    if len(reference.frame) < reference_rows and held:  # the reference is the whole data set
+        need = -(-MIN_CALIBRATION_ROWS * len(reference.frame) // held)
+        why += f": train on about {need:,} rows or more"
+    return why
+
+
 def _segment_column(frame: pd.DataFrame, spec: DatasetSpec) -> str | None:
     """The categorical input with the fewest categories (at most MAX_SEGMENTS): CBPE calibrates
     within each, so a change in their mix does not bias the estimate (BENCHMARKS.md)."""
@@ -553,7 +569,9 @@ def summary_markdown(summary: dict[str, Any], reasons: list[str]) -> str:
         f"| drifted columns | {', '.join(summary['drifted']) or 'none'} |",
         f"| prediction drift | {summary['prediction_drift']['drifted']} |",
         f"| {m['name']} on the reference | {_num(m['baseline'])} |",
-        f"| {m['name']} estimated | {_num(m['estimated'])} |",
+        f"| {m['name']} estimated | {_num(m['estimated'])}"
+        + (f" ({m['no_estimate']})" if m.get("no_estimate") else "")
+        + " |",
         f"| {m['name']} realized | {_num(m['realized'])} |",
         "",
         "Alerts: " + ("; ".join(reasons) if reasons else "none"),

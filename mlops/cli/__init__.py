@@ -56,7 +56,7 @@ app.command()(monitor.ui)
 app.command()(loop.server)
 app.command()(loop.worker)
 app.add_typer(loop.automations_app, name="automations")
-app.command()(loop.schedule)
+app.add_typer(loop.schedule_app, name="schedule")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     import click
 
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode, typer hands back a command's `typer.Exit(code)` as the result.
+        code = app(args=argv, standalone_mode=False)
     except MlopsError as exc:
         # The message is plain text: column names like "Torque [Nm]" are not rich markup.
         err_console.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def entrypoint() -> None:

@@ -204,6 +204,8 @@ def _print_report(r: DriftRecord) -> None:
         )
     for reason in (r.estimated or {}).get("reasons", []):
         console.print(f"  estimate unreliable: {reason}", markup=False)
+    if metric.get("no_estimate"):
+        console.print(f"  no estimate: {metric['no_estimate']}", markup=False)
 
 
 def _fmt(value: Any) -> str:
@@ -258,7 +260,7 @@ def ui(
     from monitoring.ui import start_ui
 
     ws = workspace(ctx)
-    log = ws.home / "logs" / "evidently-ui.log"
+    log = ws.logs_dir / "evidently-ui.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with console.status("starting the Evidently UI"):
         server = start_ui(ws.evidently_dir, host, port, log_path=log)

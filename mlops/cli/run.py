@@ -130,6 +130,8 @@ def _print_summary(ws: Workspace, name: str, steps: dict[str, Any]) -> None:
     lines: list[tuple[str, str]] = []
     with open_store(ws) as store:
         production = store.production_model(name)
+        versions = store.list_models(name)
+        latest = max(versions, key=lambda m: m.id) if versions else None
         reports = store.list_drift_reports(name)
         events = store.list_drift_events(name)
         parent = (
@@ -138,7 +140,11 @@ def _print_summary(ws: Workspace, name: str, steps: dict[str, Any]) -> None:
             else None
         )
     if production is None:
-        lines.append(("production", f"none yet for {name}: `mlops models list` shows why"))
+        lines.append(("production", f"none yet for {name}: nothing to serve"))
+        if latest is not None and latest.decision.get("reason"):
+            lines.append(("gate", f"{latest.ref} {latest.stage}: {latest.decision['reason']}"))
+        nxt = latest.decision.get("next") if latest is not None else None
+        lines.append(("next", str(nxt or "`mlops models list` shows every version and why")))
     else:
         metric = production.metrics.get("primary_metric")
         value = production.metrics.get(metric) if isinstance(metric, str) else None
@@ -153,12 +159,12 @@ def _print_summary(ws: Workspace, name: str, steps: dict[str, Any]) -> None:
                 f"{method} of {parent.ref}" if method and parent else "none (the trained model)",
             )
         )
-    lines.append(
-        (
-            "serve it",
-            f"`mlops serve` -> http://127.0.0.1:{serve.port}/predict (OpenAPI page: /docs)",
+        lines.append(
+            (
+                "serve it",
+                f"`mlops serve` -> http://127.0.0.1:{serve.port}/predict (OpenAPI page: /docs)",
+            )
         )
-    )
     if reports:
         r = reports[-1]
         columns = (r.details or {}).get("columns", [])

@@ -77,6 +77,8 @@ def train(
     )
     if record.decision.get("reason"):
         console.print(f"  gate: {record.decision['reason']}", highlight=False)
+    if record.decision.get("next") and record.stage != "production":
+        console.print(f"  next: {record.decision['next']}", highlight=False)
 
 
 def print_search(search: dict[str, Any] | None) -> None:
@@ -495,7 +497,29 @@ def status(
         return
     if not states:
         console.print("nothing deployed yet: `mlops models promote NAME:VERSION --to production`")
+    else:
+        _print_states(states, refs, last, refused)
+    _print_schedules(ws)
+
+
+def _print_schedules(ws: Any) -> None:
+    """The loop's schedules and whether they fire, when any is set (`mlops schedule list`)."""
+    from rich.text import Text
+
+    from mlops.cli.loop import print_schedules, schedule_health
+    from mlops.errors import MlopsError
+
+    try:
+        health = schedule_health(ws)
+    except MlopsError as exc:
+        console.print(Text(f"schedules: {exc}"))
         return
+    if any(h.status != "off" for h in health):
+        print_schedules(health)
+
+
+def _print_states(states: list[Any], refs: dict[int, str], last: dict[str, Any],
+                  refused: dict[str, list[Any]]) -> None:  # fmt: skip
     rows = []
     for s in states:
         event = last[s.model_name]

@@ -141,8 +141,8 @@ def test_margin_and_promotion_rules(ws: Workspace, tmp_path: Path, mlops_cli) ->
     b1, f1 = _batch(ws, store, 3000, seed=11)
     data = prepare({b1.id: f1}, AI4I_SPEC, PARAMS.prepare)
     cand = _candidate(ws, store, data, [b1], tmp_path / "a")
-    # the same model is good enough against the baseline, but not by a margin of 1.0 PR-AUC
-    strict = gate(ws, store, cand, EvaluateParams(margin=1.0))
+    # the same model is no worse than the baseline, but not better by a margin of 1.0 PR-AUC
+    strict = gate(ws, store, cand, EvaluateParams(rule="significant", margin=1.0))
     assert strict.stage == "rejected" and strict.decision["margin"] == 1.0
     store.close()
 
@@ -267,7 +267,9 @@ def test_too_few_rows_is_inconclusive_and_a_rejected_parents_child_is_rejected(
     assert d["outcome"] == "inconclusive" and "too little evidence" in d["reason"]
     assert d["test_split"]["rows"] == len(data.test) and d["test_split"]["positives"] > 0
 
-    rejected = gate(ws, store, cand, PARAMS.evaluate.model_copy(update={"margin": 1.0}))
+    rejected = gate(
+        ws, store, cand, PARAMS.evaluate.model_copy(update={"rule": "significant", "margin": 1.0})
+    )
     assert rejected.stage == "rejected"
     child = store.register_model(
         name=cand.name, dataset=cand.dataset, path=cand.path, metrics=cand.metrics,

@@ -9,12 +9,11 @@ automation runs the retrain deployment exactly once -> the run claims its drift 
 on the newest validated data, passes the gate against production, compresses, packages and,
 the server answering traffic, rolls the new version out: canary at each `rollout.steps` share,
 compared with production on the live window, then promoted, while a steady client sees not
-one failed request. `mlops schedule` puts the deployment on a cron line the server then holds.
+one failed request. Schedules, judged by the runs they create: test_schedules.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -27,6 +26,17 @@ from typing import Any
 
 import httpx
 import pytest
+from prefect_kit import (
+    FINAL,
+    flow_runs,
+    free_port,
+    mlops,
+    read_deployment,
+    running_prefect,
+    stop,
+    tail,
+    wait_for,
+)
 
 from mlops.settings import Workspace
 from mlops.store import Store
@@ -42,7 +52,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DRIFT = "ambient_shift_k=3,decouple_temperatures=1"
 TRAFFIC_ROWS = 2000  # records sent, then monitored (`mlops monitor --last`)
 STEPS = [0.2, 0.5]
-FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 SMALL: dict[str, dict[str, Any]] = {
     "ingest": {"rows": 3000},
     # Epochs are cheap at 3000 rows; with 4 both versions flagged a third of the traffic as
@@ -59,71 +68,20 @@ SMALL: dict[str, dict[str, Any]] = {
 }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = check()
-        except (httpx.HTTPError, OSError):
-            got = None
-        if got:
-            return got
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`prefect server start` with a home of its own (SQLite): its API URL."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": "",
-    }
-    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-    log = (home / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "Prefect")
+    port = free_port()
+    prefect = str(Path(sys.executable).parent / "prefect")
+    argv = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    with running_prefect(argv, port, home / "server.log", env) as api:
         yield api
-    finally:
-        _stop(proc)
-        log.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _mlops(ws: Workspace, api: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlops", "-w", str(ws.root), *args],
-        env={**os.environ, "PREFECT_API_URL": api, "COLUMNS": "200"},
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    return mlops(ws.root, api, *args)
 
 
 def _validated_batch(ws: Workspace, store: Store, seed: int, drift: str = "") -> str:
@@ -249,8 +207,8 @@ def test_drift_traffic_retrains_once_and_the_rollout_promotes(
     try:
         # Production answers HTTP; every answer goes to the prediction log the monitor reads.
         with running_service(ws, "ai4i", workers=1, timeout=180, log_name="loop-serve") as url:
-            deployment = _wait(
-                lambda: _deployment(prefect_api, "mlops-retrain/retrain"), 120, "the deployment"
+            deployment = wait_for(
+                lambda: read_deployment(prefect_api, "mlops-retrain/retrain"), 120, "the deployment"
             )
             installed = _mlops(ws, prefect_api, "automations", "install")
             assert installed.returncode == 0, installed.stderr
@@ -267,7 +225,7 @@ def test_drift_traffic_retrains_once_and_the_rollout_promotes(
                 rows = read_log(ws.predictions_dir, "ai4i")
                 return int(rows["request_id"].isin(sent).sum()) >= TRAFFIC_ROWS
 
-            _wait(logged, 60, f"the {TRAFFIC_ROWS} records in the prediction log")
+            wait_for(logged, 60, f"the {TRAFFIC_ROWS} records in the prediction log")
             # From here on the server answers a steady client: the retrain's rollout needs
             # live traffic, and no request of it may fail while versions change.
             with Load(url, records) as load:
@@ -285,20 +243,20 @@ def test_drift_traffic_retrains_once_and_the_rollout_promotes(
                 assert [e.decision for e in events] == ["retrain"] + ["suppressed"] * 4
 
                 def finished() -> list[dict[str, Any]]:
-                    runs = _runs(prefect_api, deployment["id"])
+                    runs = flow_runs(prefect_api, deployment["id"])
                     return [r for r in runs if r["state_type"] in FINAL]
 
                 try:
-                    (done,) = _wait(finished, 600, "the retrain run to finish")
+                    (done,) = wait_for(finished, 600, "the retrain run to finish")
                 except AssertionError as exc:
-                    runs = _runs(prefect_api, deployment["id"])
-                    raise AssertionError(f"{exc}: {runs}\n{_tail(worker_log.name)}") from None
-                assert done["state_type"] == "COMPLETED", f"{done}\n{_tail(worker_log.name)}"
+                    runs = flow_runs(prefect_api, deployment["id"])
+                    raise AssertionError(f"{exc}: {runs}\n{tail(worker_log.name)}") from None
+                assert done["state_type"] == "COMPLETED", f"{done}\n{tail(worker_log.name)}"
                 with Store.open(ws.database_url) as store:
                     production = store.production_model("ai4i")
                 assert production is not None
                 # The server swaps to the promoted version within serve.poll_s.
-                _wait(lambda: _answers_with(url, records[:5]) == production.ref, 60,
+                wait_for(lambda: _answers_with(url, records[:5]) == production.ref, 60,
                       f"the server to answer with {production.ref}")  # fmt: skip
             assert load.statuses and set(load.statuses) == {200}, (
                 f"{sum(s != 200 for s in load.statuses)} of {len(load.statuses)} client "
@@ -306,7 +264,7 @@ def test_drift_traffic_retrains_once_and_the_rollout_promotes(
             )
         # A second run, had the debounce failed, would exist within seconds of the last alert.
         time.sleep(max(0.0, 5.0 - (time.monotonic() - last_alert)))
-        runs = _runs(prefect_api, deployment["id"])
+        runs = flow_runs(prefect_api, deployment["id"])
         assert len(runs) == 1, [(r["name"], r["state_type"]) for r in runs]
 
         artifacts = httpx.post(
@@ -341,45 +299,11 @@ def test_drift_traffic_retrains_once_and_the_rollout_promotes(
             ("promote", None, production.id),
         ], audit
     finally:
-        _stop(worker)
+        stop(worker)
         worker_log.close()
-
-
-def test_schedule_puts_the_deployment_on_a_cron_line(loop_ws: Workspace, prefect_api: str) -> None:
-    bad = _mlops(loop_ws, prefect_api, "schedule", "retrain", "--cron", "every day")
-    assert bad.returncode != 0 and "not a cron line" in bad.stderr
-    done = _mlops(loop_ws, prefect_api, "schedule", "retrain", "--cron", "0 3 * * *")
-    assert done.returncode == 0, done.stderr
-    deployment = _deployment(prefect_api, "mlops-retrain/retrain")
-    assert deployment is not None
-    crons = [s["schedule"].get("cron") for s in deployment["schedules"]]
-    assert crons == ["0 3 * * *"]
-    assert 'retrain_cron: "0 3 * * *"' in loop_ws.params_path.read_text() or (
-        "retrain_cron: 0 3 * * *" in loop_ws.params_path.read_text()
-    )
 
 
 def _answers_with(url: str, records: list[dict[str, Any]]) -> str:
     r = httpx.post(f"{url}/predict", json={"records": records}, timeout=30)
     r.raise_for_status()
     return str(r.json()["version"])
-
-
-def _tail(path: str | Path, lines: int = 40) -> str:
-    path = Path(path)
-    text = path.read_text(errors="replace") if path.is_file() else ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _deployment(api: str, name: str) -> dict[str, Any] | None:
-    r = httpx.get(f"{api}/deployments/name/{name}")
-    return dict(r.json()) if r.status_code == 200 else None
-
-
-def _runs(api: str, deployment_id: str) -> list[dict[str, Any]]:
-    r = httpx.post(
-        f"{api}/flow_runs/filter",
-        json={"flow_runs": {}, "deployments": {"id": {"any_": [deployment_id]}}},
-    )
-    r.raise_for_status()
-    return [{"id": x["id"], "name": x["name"], "state_type": x["state_type"]} for x in r.json()]

@@ -329,3 +329,20 @@ def test_windows_must_match_what_was_fitted() -> None:
     dle = DLE.fit(x, p, t)
     with pytest.raises(MlopsError, match="expected 3 input columns, got 2"):
         dle.estimate(x[:, :2], p)
+
+
+def test_a_small_reference_says_why_there_is_no_estimate_and_what_size_gives_one() -> None:
+    from pathlib import Path
+
+    from pipelines.monitor import SPLIT, Reference, no_estimate_reason
+
+    # 150 rows, as a small user data set leaves them: 105 train, 45 validation and test
+    frame = pd.DataFrame({"x": range(150), SPLIT: ["train"] * 105 + ["val"] * 22 + ["test"] * 23})
+    ref = Reference(frame=frame, scores=np.zeros(150), path=Path("ref.parquet"))
+    why = no_estimate_reason(ref, reference_rows=20_000)
+    assert why == (
+        "the reference holds 45 held-out rows (the version's validation and test splits); "
+        "calibrating the estimate needs 200: train on about 667 rows or more"
+    )
+    # a reference cut at monitor.reference_rows is not the whole data set: no size to promise
+    assert no_estimate_reason(ref, reference_rows=150).endswith("needs 200")
