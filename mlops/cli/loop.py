@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 from mlops.cli.common import JsonOption, console, print_json, print_table, short_time, workspace
 from mlops.errors import MlopsError
@@ -277,6 +278,8 @@ def schedule_health(ws: Workspace) -> list[Any]:
 
 
 def print_schedules(health: list[Any]) -> None:
+    """A table of the schedules, then why each is in its state (a line each: the table stays
+    readable in 80 columns)."""
     rows = []
     for h in health:
         last = h.last_run
@@ -287,14 +290,16 @@ def print_schedules(health: list[Any]) -> None:
                 h.status,
                 short_time(h.next_run) if h.next_run else "-",
                 f"{short_time(last.expected_start)} {last.state_name}" if last else "-",
-                h.reason,
             ]
         )
     print_table(
         "schedules (times in UTC)",
-        ["deployment", "schedule", "status", "next run", "last scheduled run", "why"],
+        ["deployment", "schedule", "status", "next run", "last scheduled run"],
         rows,
     )
+    for h in health:
+        if h.status != "off":
+            console.print(Text(f"{h.what}: {h.status}: {h.reason}"))
 
 
 def schedule_specs(loop: Any) -> dict[str, Any]:
