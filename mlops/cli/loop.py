@@ -44,7 +44,8 @@ def server(
         flush=True,
     )
     argv = [str(prefect), "server", "start", "--host", host, "--port", str(port)]
-    env = {**os.environ, "PREFECT_HOME": str(ws.prefect_home)}
+    # Unbuffered: the server's lines reach the terminal and the log as they happen.
+    env = {**os.environ, "PREFECT_HOME": str(ws.prefect_home), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def _forward(signum: int, _frame: Any) -> None:  # the server stops with this command
@@ -205,24 +206,26 @@ def _set_schedule(
         raise MlopsError(f"{given[0]} {exc}") from None
     ws = workspace(ctx)
     seconds: int | float = int(every_s) if every_s.is_integer() else every_s
-    write_overrides(ws, {"loop": {f"{what}_cron": cron or "", f"{what}_every_s": seconds}})
-    spec = schedule_specs(load_params(ws.params_path).loop)[what]
-    said = "removed" if off else f"scheduled {spec.describe()}"
-    if not os.environ.get("PREFECT_API_URL"):
-        console.print(f"[green]{what}[/] {said} in params.yaml; `mlops worker` applies it")
-        return
-    from flows.retrain import deployments
-
+    change = {f"{what}_cron": cron or "", f"{what}_every_s": seconds}
     loop = load_params(ws.params_path).loop
-    (chosen,) = [d for d in deployments(ws.root, loop.cooldown_s, schedules=schedule_specs(loop))
-                 if d.name == what]  # fmt: skip
-    # Prefect runs it synchronously outside an event loop. A worker starting at the same
-    # moment writes the same deployment: a conflict there is worth a second try.
-    _on_server(chosen.apply, retries=2)
-    console.print(
-        f"[green]{what}[/] {said} on {os.environ['PREFECT_API_URL']}; "
-        "`mlops schedule list` shows whether it fires"
-    )
+    loop = type(loop).model_validate({**loop.model_dump(), **change})
+    specs = schedule_specs(loop)
+    said = "removed" if off else f"scheduled {specs[what].describe()}"
+    where = "in params.yaml; `mlops worker` applies it"
+    if os.environ.get("PREFECT_API_URL"):
+        from flows.retrain import deployments
+
+        (chosen,) = [d for d in deployments(ws.root, loop.cooldown_s, schedules=specs)
+                     if d.name == what]  # fmt: skip
+        # On the server first: one that does not answer leaves params.yaml as it was. A worker
+        # starting at the same moment writes the same deployment: a conflict is worth a retry.
+        _on_server(chosen.apply, retries=2)  # Prefect runs it synchronously outside a loop
+        where = (
+            f"on {os.environ['PREFECT_API_URL']} and in params.yaml; "
+            "`mlops schedule list` shows whether it fires"
+        )
+    write_overrides(ws, {"loop": change})
+    console.print(f"[green]{what}[/] {said} {where}")
 
 
 @schedule_app.command("list")

@@ -246,3 +246,8 @@ def test_an_unanswering_server_is_one_line(sched_ws: Workspace) -> None:
     assert listed.returncode != 0
     assert listed.stderr.strip().count("\n") == 0, listed.stderr
     assert "did not answer" in listed.stderr and "mlops server" in listed.stderr
+    # Setting a schedule there fails the same way, and leaves params.yaml as it was.
+    before = sched_ws.params_path.read_bytes()
+    done = _mlops(sched_ws, api, "schedule", "monitor", "--every", "5m")
+    assert done.returncode != 0 and "did not answer" in done.stderr, done.stderr
+    assert sched_ws.params_path.read_bytes() == before
