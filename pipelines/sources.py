@@ -53,6 +53,18 @@ def _names(cols: Iterable[Any], limit: int = 20) -> str:
     return shown + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
+def did_you_mean(name: str, cols: Iterable[Any]) -> str:
+    """'; did you mean 'X'?' for the columns closest to `name` (case and spaces aside first),
+    however far down a wide table they sit; '' when none is close."""
+    import difflib
+
+    names = [str(c) for c in cols]
+    folded = {" ".join(n.lower().split()): n for n in names}
+    same = folded.get(" ".join(name.lower().split()))
+    close = [same] if same else difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -658,7 +670,10 @@ def infer_spec(
     text) or else its minority class.
     """
     if target not in df.columns:
-        raise MlopsError(f"{where}: no column '{target}' (columns: {_names(df.columns)})")
+        raise MlopsError(
+            f"{where}: no column '{target}'{did_you_mean(target, df.columns)} "
+            f"(columns: {_names(df.columns)})"
+        )
     y = df[target]
     values = y.dropna()
     if values.empty:

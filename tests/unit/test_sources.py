@@ -475,3 +475,13 @@ def test_multiclass_has_no_positive_class_and_old_specs_still_load() -> None:
     old = {k: v for k, v in AI4I_SPEC.to_dict().items() if k != "positive_class"}
     assert DatasetSpec.from_dict(old).positive_class is None
     assert DatasetSpec.from_dict(AI4I_SPEC.to_dict()).positive_class == 1
+
+
+def test_a_missing_target_suggests_the_column_meant_however_wide_the_table() -> None:
+    from pipelines.sources import did_you_mean
+
+    wide = [f"sensor_{i}" for i in range(40)] + ["Target Label", "machine id"]
+    # past the 20 names the message lists: the suggestion still finds it
+    assert did_you_mean("target label", wide) == "; did you mean 'Target Label'?"
+    assert did_you_mean("machine_id", wide) == "; did you mean 'machine id'?"
+    assert did_you_mean("price", wide) == ""
