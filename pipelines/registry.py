@@ -9,6 +9,7 @@ Selection lives in `pipelines/selection.py`, the DVC pipeline in `pipelines/pipe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -195,7 +196,7 @@ def train_and_register(
                 found = run_search(
                     ws, Artifacts(ws.root).selection, params, score_many=score_many, echo=say
                 )
-                say(f"search: chose candidate {found.winner} ({_brief(found)})")
+                say(f"search: chose candidate {found.winner + 1} ({_brief(found)})")
                 write_overrides(ws, winner_overrides(found))
                 params = load_params(ws.params_path)  # the file now holds the winner
             run_repro(ws, echo)
@@ -215,6 +216,9 @@ def train_and_register(
                     duration_s=time.perf_counter() - started,
                     dvc_lock_hash=lock["dvc_lock_hash"],
                 )
+                if found is not None:  # this run's search, shown even though nothing is new
+                    lineage = {**same[-1].lineage, "search": found.to_dict()}
+                    return dataclasses.replace(same[-1], lineage=lineage)
                 return same[-1]
             record = register_candidate(
                 ws,

@@ -87,7 +87,7 @@ def print_search(search: dict[str, Any] | None) -> None:
         return
     metric = search["metric"]
     rows = [
-        [r["candidate"], r["overrides"], _fmt(r[f"val_{metric}"]), _fmt(r["val_loss"]),
+        [r["candidate"] + 1, r["overrides"], _fmt(r[f"val_{metric}"]), _fmt(r["val_loss"]),
          r["best_epoch"], r["seconds"], "chosen" if r["chosen"] else ""]
         for r in search["table"]
     ]  # fmt: skip

@@ -98,6 +98,8 @@ def test_search_chooses_the_best_on_val_and_dvc_records_the_winner(
     again = mlops_cli("-w", ws.root, "train", "--json")
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["version"] == record["version"]
+    # ... and carries this run's search, for the table `mlops train` prints
+    assert json.loads(again.stdout)["lineage"]["search"]["winner"] == search["winner"]
     shown = mlops_cli("-w", ws.root, "models", "show", f"ai4i:{record['version']}")
     assert "search: 3 candidates on the val split" in shown.stdout
     assert len(list((ws.home / "search").glob("*.json"))) == 1
