@@ -81,7 +81,7 @@ def ingest_task(
 
 
 def _batch_step(b: BatchRecord, *, new: bool, source: str) -> dict[str, Any]:
-    return {
+    step = {
         "dataset": b.dataset,
         "batch_id": b.id,
         "dvc_md5": b.dvc_md5,
@@ -89,6 +89,9 @@ def _batch_step(b: BatchRecord, *, new: bool, source: str) -> dict[str, Any]:
         "new": new,
         "source": source,
     }
+    if b.meta.get("unlabelled"):  # kept in the batch, left out of training: said every time
+        step["unlabelled"] = b.meta["unlabelled"]
+    return step
 
 
 @task(name="validate", cache_key_fn=caching.validate_key, persist_result=True)

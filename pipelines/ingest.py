@@ -146,13 +146,31 @@ def load_source(
     desc = f"{kind}:{path}"
     if spec is not None:  # joining: the stored spec rules; options may only repeat it
         _check_same(spec, target=target, task=task, positive_class=positive_class)
+        notes += unlabelled_note(table.frame, spec.target)
         return LoadedSource(table.frame, spec, desc, joined=True, notes=tuple(notes), read=read)
     if target is None:
         raise MlopsError(f"{where}: say which column is the label with --target COLUMN")
     spec, inference = infer_spec(
         table.frame, name, target, task, where, positive_class=positive_class
     )
+    notes += unlabelled_note(table.frame, spec.target)
     return LoadedSource(table.frame, spec, desc, inference, notes=tuple(notes), read=read)
+
+
+def unlabelled_rows(frame: pd.DataFrame, target: str) -> int:
+    return int(frame[target].isna().sum()) if target in frame.columns else 0
+
+
+def unlabelled_note(frame: pd.DataFrame, target: str) -> list[str]:
+    """Rows without a label are kept in the batch (to be labelled later) and left out of
+    training and evaluation: said at ingest, never silently."""
+    n = unlabelled_rows(frame, target)
+    if not n:
+        return []
+    return [
+        f"{n:,} of {len(frame):,} rows have no label in '{target}': kept in the batch for "
+        "labelling later, left out of training and evaluation"
+    ]
 
 
 def _choose_dataset(
@@ -256,7 +274,11 @@ def ingest(ws: Workspace, store: Store, loaded: LoadedSource) -> IngestResult:
             dvc_md5=dvc_md5,
             rows=len(loaded.frame),
             schema_hash=schema_hash(loaded.frame),
-            meta={"columns": [str(c) for c in loaded.frame.columns], "read": loaded.read},
+            meta={
+                "columns": [str(c) for c in loaded.frame.columns],
+                "read": loaded.read,
+                "unlabelled": unlabelled_rows(loaded.frame, loaded.spec.target),
+            },
         )
     except BaseException:
         # Nothing half-written: a batch the store does not know is not left behind in data/.

@@ -222,3 +222,35 @@ def test_error_messages_keep_brackets(ws: Workspace, mlops_cli) -> None:  # type
     good = _write(ws.root / "inputs" / "good.csv", GOOD_CSV)
     out = mlops_cli("-w", ws.root, "ingest", "--source", f"csv:{good}", "--target", "[x]")
     assert out.exit_code != 0 and "'[x]'" in out.stderr, out.stderr
+
+
+def test_rows_without_a_label_are_announced_kept_and_left_out_of_training(
+    ws: Workspace, mlops_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import pandas as pd
+
+    from mlops.params import Params
+    from pipelines.prepare import prepare
+    from pipelines.sources import DatasetSpec
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300)})
+    frame["label"] = (frame["a"] > 0).astype(int)
+    frame.loc[::10, "label"] = None  # 30 rows nobody labelled yet
+    path = ws.root.parent / "exports" / "labels.csv"  # outside the workspace, as users keep it
+    path.parent.mkdir()
+    frame.to_csv(path, index=False)
+    out = mlops_cli("-w", ws.root, "ingest", "--source", f"csv:{path}", "--target", "label")
+    assert out.exit_code == 0, out.stderr
+    said = " ".join(out.stdout.split())
+    assert "30 of 300 rows have no label in 'label': kept in the batch for labelling later" in said
+    with Store.open(ws.database_url) as store:
+        (batch,) = store.list_batches()
+        spec = DatasetSpec.from_dict(store.get_dataset_spec(batch.dataset))
+    assert batch.rows == 300 and batch.meta["unlabelled"] == 30  # nothing dropped from the batch
+    kept = pd.read_parquet(ws.resolve(batch.path))
+    assert len(kept) == 300 and int(kept["label"].isna().sum()) == 30
+    # Training and evaluation see the 270 labelled rows only.
+    data = prepare({batch.id: kept}, spec, Params().prepare)
+    assert sum(len(f) for f in (data.train, data.val, data.test)) == 270
