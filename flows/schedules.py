@@ -345,6 +345,24 @@ async def read_health(
     return out
 
 
+async def held_schedules(api_deployments: dict[str, str]) -> dict[str, str]:
+    """retrain/monitor -> the schedule the server holds ("off" for none), for the deployments
+    the server has (one not there yet is left out)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    held = {}
+    async with get_client() as client:
+        for what, full_name in api_deployments.items():
+            try:
+                deployment = await client.read_deployment_by_name(full_name)
+            except ObjectNotFound:
+                continue
+            cadences = [c for s in deployment.schedules if (c := _cadence(s.schedule))]
+            held[what] = cadences[0].describe().split(" (")[0] if cadences else "off"
+    return held
+
+
 def _cadence(schedule: Any) -> Cadence | None:
     cron = getattr(schedule, "cron", None)
     if cron:

@@ -80,7 +80,41 @@ def worker(ctx: typer.Context) -> None:
     loop = load_params(ws.params_path).loop
     items = deployments(ws.root, loop.cooldown_s, schedules=schedule_specs(loop))
     console.print(f"serving {', '.join(d.name for d in items)} for {ws.root} (Ctrl-C to stop)")
+    _follow_schedules(ws)
     serve(*items, print_starting_message=False)
+
+
+def _follow_schedules(ws: Workspace, every_s: float = 5.0) -> None:
+    """While the worker runs, keep the server's schedules what params.yaml says. The worker
+    applies what it read at start-up; a `mlops schedule` run while it started (or a hand edit
+    of params.yaml) would otherwise be overwritten by that, and never fire."""
+    import threading
+    import time
+
+    from flows.retrain import deployment_names, deployments
+    from flows.schedules import held_schedules
+    from mlops.params import load_params
+
+    names = deployment_names()
+
+    def follow() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                loop = load_params(ws.params_path).loop
+                wanted = schedule_specs(loop)
+                held = asyncio.run(held_schedules(names))
+                stale = {
+                    w for w, spec in wanted.items() if w in held and held[w] != spec.describe()
+                }
+                for d in deployments(ws.root, loop.cooldown_s, schedules=wanted):
+                    if d.name in stale:
+                        d.apply()
+                        console.print(f"schedule of {d.name} set to {wanted[d.name].describe()}")
+            except Exception as exc:  # a file mid-edit, a server restarting: the next round
+                console.print(Text(f"schedules not checked ({type(exc).__name__}): {exc}"))
+
+    threading.Thread(target=follow, name="follow-schedules", daemon=True).start()
 
 
 @automations_app.command("install")

@@ -1,7 +1,8 @@
 """Schedules judged by what they run, on the README's commands: `mlops server` (a real
 `prefect server start`), `mlops worker`, `mlops schedule ...`, `mlops schedule list`.
 
-- `mlops schedule monitor --every 10s`: the server's scheduler creates runs (auto-scheduled,
+- `mlops schedule monitor --every 10s`, written to params.yaml while the worker runs (the
+  worker follows it onto the server): the server's scheduler creates runs (auto-scheduled,
   nobody triggers them), the worker runs them, one completes with a drift report of the
   traffic the real server answered; `schedule list` says the schedule fires;
 - the worker killed: the runs the scheduler creates stay Scheduled, then Late, and
@@ -172,8 +173,10 @@ def test_scheduled_runs_complete_and_a_stopped_worker_is_reported(
     worker = Worker(ws, api)
     worker.start()
     try:
-        # A schedule set with the server up is on it at once; the worker serves it.
-        done = _mlops(ws, api, "schedule", "monitor", "--every", "10s")
+        # Set in params.yaml only (no PREFECT_API_URL: a hand edit, or `mlops schedule` racing
+        # the worker's start-up, which applies what it read before): the running worker
+        # follows params.yaml and puts the schedule on the server.
+        done = _mlops(ws, "", "schedule", "monitor", "--every", "10s")
         assert done.returncode == 0, done.stderr
         assert "every 10s" in done.stdout and "monitor_every_s: 10" in ws.params_path.read_text()
         try:
