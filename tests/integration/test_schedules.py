@@ -195,7 +195,8 @@ def test_scheduled_runs_complete_and_a_stopped_worker_is_reported(
         listed = _listed(ws, api)["monitor"]
         assert listed["status"] == "firing", listed
         assert listed["schedule"] == "every 10s"
-        assert listed["last_run"]["state_type"] in ("COMPLETED", "CANCELLED", "RUNNING")
+        # The latest due run may be any state but failed: every 10 s one is being submitted.
+        assert listed["last_run"]["state_type"] not in ("FAILED", "CRASHED"), listed
         assert datetime.fromisoformat(listed["next_run"]) > datetime.now(UTC)
         assert _mlops(ws, api, "schedule", "list", "--check").returncode == 0
 
