@@ -47,8 +47,9 @@ SMALL: dict[str, dict[str, Any]] = {
     "compress": {"finetune_epochs": 1, "distill_epochs": 1, "latency_repeats": 5},
     "serve": {"bento": False, "check": False, "poll_s": 0.5, "log_flush_s": 0.5},
     "monitor": {"min_rows": 50},
-    # A run due 10 s ago that has not started: not firing.
-    "loop": {"schedule_grace_s": 10},
+    # A run due 25 s ago that has not started: not firing (the worker polls every 10 s, and a
+    # run takes a few seconds to start: at 10 s a healthy schedule could read as stalled).
+    "loop": {"schedule_grace_s": 25},
 }
 TRAFFIC = 300
 
