@@ -47,9 +47,9 @@ SMALL: dict[str, dict[str, Any]] = {
     "compress": {"finetune_epochs": 1, "distill_epochs": 1, "latency_repeats": 5},
     "serve": {"bento": False, "check": False, "poll_s": 0.5, "log_flush_s": 0.5},
     "monitor": {"min_rows": 50},
-    # A run due 25 s ago that has not started: not firing (the worker polls every 10 s, and a
-    # run takes a few seconds to start: at 10 s a healthy schedule could read as stalled).
-    "loop": {"schedule_grace_s": 25},
+    # A run due 10 s ago that has not started: not firing. The worker polls every 10 s, so a
+    # healthy schedule can read so for a moment: the test polls until it reads firing.
+    "loop": {"schedule_grace_s": 10},
 }
 TRAFFIC = 300
 
@@ -193,8 +193,11 @@ def test_scheduled_runs_complete_and_a_stopped_worker_is_reported(
         with Store.open(ws.database_url) as store:
             assert len(store.list_drift_reports("ai4i")) > reports_before
 
-        listed = _listed(ws, api)["monitor"]
-        assert listed["status"] == "firing", listed
+        # A new schedule reads "waiting" until its first due time is past the grace.
+        listed = wait_for(
+            lambda: (h := _listed(ws, api)["monitor"])["status"] == "firing" and h, 90,
+            "schedule list to report the monitor schedule as firing", every=3,
+        )  # fmt: skip
         assert listed["schedule"] == "every 10s"
         # The latest due run may be any state but failed: every 10 s one is being submitted.
         assert listed["last_run"]["state_type"] not in ("FAILED", "CRASHED"), listed
